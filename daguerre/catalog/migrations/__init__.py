@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalog (run through :func:`daguerre.catalog.db.upgrade`)."""
