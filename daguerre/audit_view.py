@@ -1,0 +1,78 @@
+"""Human-readable rendering of an asset's history for `daguerre audit`."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from daguerre.catalog import AssetHistory
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "-"
+
+
+def _compact(values: dict) -> str:
+    return json.dumps(values, sort_keys=True, default=str) if values else "-"
+
+
+def render_history(console: Console, history: AssetHistory) -> None:
+    facts = history.facts
+    console.rule(f"[bold]{facts.source_uri}")
+    size = f"{facts.width}x{facts.height}" if facts.width else "undecoded"
+    console.print(
+        f"collection {history.collection} | sha256 {facts.sha256} | {facts.bytes} bytes | "
+        f"{facts.format or '?'} {size} {facts.bit_depth or '?'}-bit {facts.colour_space or ''}",
+        highlight=False,
+    )
+    if facts.error:
+        console.print(f"[red]master error:[/] {facts.error}", highlight=False)
+    for restoration in history.restorations:
+        run = restoration.run
+        console.print(
+            f"\n[bold]run {run.run_id}[/] (flow run {run.flow_run_id or '-'}, code "
+            f"{run.code_version}, config {_short(restoration.config_hash)}) "
+            f"{restoration.started_at:%Y-%m-%d %H:%M:%S} UTC: [bold]{restoration.status.value}[/]"
+            + (f" - {restoration.error}" if restoration.error else ""),
+            highlight=False,
+        )
+        if restoration.steps:
+            table = Table(show_lines=False)
+            for column in (
+                "#",
+                "stage",
+                "status",
+                "operator",
+                "weights",
+                "parameters",
+                "device",
+                "s",
+                "input",
+                "output",
+                "metrics / reason",
+            ):
+                table.add_column(column, overflow="fold")
+            for step in restoration.steps:
+                operator = f"{step.operator}@{step.operator_version}" if step.operator else "-"
+                detail = step.reason if step.status.value != "applied" else _compact(step.metrics)
+                table.add_row(
+                    str(step.order),
+                    step.stage,
+                    step.status.value,
+                    operator,
+                    _short(step.weights_sha256),
+                    _compact(step.parameters),
+                    step.device or "-",
+                    f"{step.duration_s:.3f}" if step.duration_s is not None else "-",
+                    _short(step.input_sha256),
+                    _short(step.output_sha256),
+                    detail or "-",
+                )
+            console.print(table)
+        for derivative in restoration.derivatives:
+            console.print(
+                f"  {derivative.kind}: {derivative.uri} (sha256 {_short(derivative.sha256)})",
+                highlight=False,
+            )

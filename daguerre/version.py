@@ -1,0 +1,32 @@
+"""The code version recorded with every run: package version plus git commit when known."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+from daguerre import __version__
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}" + (".dirty" if dirty else "")

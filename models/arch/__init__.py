@@ -1,0 +1,87 @@
+"""Daguerre's own architectures: one explicit, ordered tuple, spandrel-style.
+
+Each entry can `detect` its state dicts cheaply, read its hyperparameters back from tensor
+shapes and `load` a module from a state dict. Nothing is discovered by import side effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from . import denoise, upscale
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to recognise, build and describe one of our architectures."""
+
+    name: str
+    task: str
+    module_class: type[nn.Module]
+    detect: Callable[[Mapping[str, Tensor]], bool]
+    hyperparameters_from_state_dict: Callable[[Mapping[str, Tensor]], dict[str, int]]
+    load: Callable[[Mapping[str, Tensor]], nn.Module]
+    default_hyperparameters: Mapping[str, Any]
+    takes_noise_level: bool
+    multiple_of: int
+    # Receptive radius in input pixels as a function of the hyperparameters: the context a tile
+    # needs on each side for its interior to equal the untiled result.
+    receptive_radius: Callable[[Mapping[str, Any]], int]
+
+    def build(self, **hyperparameters: Any) -> nn.Module:
+        """A randomly initialised module with the defaults overridden by `hyperparameters`."""
+        return self.module_class(**{**self.default_hyperparameters, **hyperparameters})
+
+    def scale(self, hyperparameters: Mapping[str, Any]) -> int:
+        return int(hyperparameters.get("scale", 1))
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture(
+        name=denoise.ARCH_NAME,
+        task="denoise",
+        module_class=denoise.FFDNetLike,
+        detect=denoise.detect,
+        hyperparameters_from_state_dict=denoise.hyperparameters_from_state_dict,
+        load=denoise.load,
+        default_hyperparameters=denoise.DEFAULT_HYPERPARAMETERS,
+        takes_noise_level=True,
+        multiple_of=2,
+        # Every 3x3 convolution at half resolution widens the field by 2 full-res pixels.
+        receptive_radius=lambda hp: 2 * int(hp["layers"]) + 2,
+    ),
+    Architecture(
+        name=upscale.ARCH_NAME,
+        task="upscale",
+        module_class=upscale.SRNet,
+        detect=upscale.detect,
+        hyperparameters_from_state_dict=upscale.hyperparameters_from_state_dict,
+        load=upscale.load,
+        default_hyperparameters=upscale.DEFAULT_HYPERPARAMETERS,
+        takes_noise_level=False,
+        multiple_of=1,
+        receptive_radius=lambda hp: int(hp["layers"]) + 2,  # + 2: the bicubic skip
+    ),
+)
+
+
+def get_architecture(name: str) -> Architecture:
+    """The architecture called `name`. Raises KeyError naming the known ones."""
+    for arch in ARCHITECTURES:
+        if arch.name == name:
+            return arch
+    raise KeyError(
+        f"unknown architecture {name!r} (known: {', '.join(a.name for a in ARCHITECTURES)})"
+    )
+
+
+def detect_architecture(state_dict: Mapping[str, Tensor]) -> Architecture | None:
+    """The first of our architectures whose `detect` accepts the state dict, else None."""
+    return next((a for a in ARCHITECTURES if a.detect(state_dict)), None)
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "detect_architecture", "get_architecture"]

@@ -1,0 +1,557 @@
+"""Safe weight loading and the one wrapper (`LoadedModel`) every model runs behind.
+
+Weights are read once into memory, hashed, verified and loaded from those same bytes, so the
+file cannot change between check and use. `.safetensors` loads through safetensors; pickles
+(`.pth`, `.pt`, `.ckpt`) only through `torch.load(weights_only=True)`, whose restricted
+unpickler refuses anything but tensors and plain containers. Never a bare `torch.load`.
+
+Our own models are built from the registry's descriptors; bring-your-own weights go through
+spandrel's architecture detection (or ours, for weights trained by `daguerre.models.training`),
+are checked against the task they are meant for, and end up in the same `LoadedModel`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from .arch import Architecture, detect_architecture, get_architecture
+from .inference import estimate_noise_sigma, pick_device
+from .registry import TASKS, ModelDescriptor, SizeRequirements, get_descriptor
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+# spandrel purposes that may serve each of our tasks (damage and colorize have none there).
+_SPANDREL_PURPOSES: dict[str, tuple[str, ...]] = {
+    "denoise": ("Restoration",),
+    "upscale": ("SR",),
+    "inpaint": ("Inpainting",),
+    "face": ("FaceSR",),
+}
+# spandrel architectures that take a noise-level map as an extra last input channel; spandrel
+# itself feeds a fixed 15/255, we feed the caller's (or the estimated) sigma.
+_SPANDREL_NOISE_MAP_ARCHS = ("DRUNet", "DnCNN")
+# Pure convolutional spandrel architectures, safe (and faster on CPU) in channels_last; others
+# (transformers) may `.view` their activations, which needs contiguous NCHW.
+_SPANDREL_CHANNELS_LAST = ("DnCNN", "Compact", "ESRGAN", "DRUNet")
+
+
+class WeightsError(ValueError):
+    """Weights that must not be used: wrong hash, unsafe or unreadable file, wrong model."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_hex(sha: str) -> str:
+    sha = sha.strip().lower()
+    if not _HEX64.fullmatch(sha):
+        raise WeightsError(f"expected sha256 must be 64 hex digits, got {sha!r}")
+    return sha
+
+
+def _is_safetensors(data: bytes) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with "{".
+    if len(data) < 10:
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def _load_bytes(data: bytes, name: str) -> dict[str, Tensor]:
+    if _is_safetensors(data):
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            raw: Any = load_safetensors(data)
+        except Exception as exc:
+            raise WeightsError(f"{name}: not a readable safetensors file ({exc})") from exc
+    else:
+        try:
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise WeightsError(
+                f"{name}: refused: the pickle holds objects other than tensors and plain "
+                f"containers (it could run code when loaded). Convert it to .safetensors with a "
+                f"trusted tool or re-save its state_dict. Detail: {first}"
+            ) from exc
+        except Exception as exc:
+            raise WeightsError(
+                f"{name}: not a loadable weights file (safetensors or torch state-dict pickle; "
+                f"TorchScript archives are not supported): {type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(raw, Mapping):
+        raise WeightsError(f"{name}: expected a state dict (a mapping), got {type(raw).__name__}")
+    from spandrel import canonicalize_state_dict
+
+    # Unwrap the usual containers ("params_ema", "state_dict", "module." prefixes ...).
+    canonical = canonicalize_state_dict(dict(raw))
+    tensors = {str(k): v for k, v in canonical.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise WeightsError(f"{name}: no tensors found in the state dict")
+    return tensors
+
+
+def _verified(data: bytes, expected_sha256: str | None, name: str) -> str:
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != _check_hex(expected_sha256):
+        raise WeightsError(
+            f"{name}: sha256 mismatch: expected {_check_hex(expected_sha256)}, file has {actual}. "
+            "The weights are not the ones you asked for; refusing to load them."
+        )
+    return actual
+
+
+def load_state_dict(
+    path_or_bytes: str | Path | bytes, *, expected_sha256: str | None
+) -> dict[str, Tensor]:
+    """Verify (when `expected_sha256` is given) and load a state dict onto the CPU.
+
+    Format is recognised from the content: safetensors, else a torch pickle loaded with
+    `weights_only=True`. Raises WeightsError on a hash mismatch, an unsafe pickle (nothing in
+    it is executed) or an unreadable file.
+    """
+    if isinstance(path_or_bytes, bytes | bytearray | memoryview):
+        data, name = bytes(path_or_bytes), "<bytes>"
+    else:
+        name = str(path_or_bytes)
+        try:
+            data = Path(path_or_bytes).expanduser().read_bytes()
+        except OSError as exc:
+            raise WeightsError(f"cannot read weights {name}: {exc}") from exc
+    _verified(data, expected_sha256, name)
+    return _load_bytes(data, name)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A user's model: task, local path or s3:// URI, optional expected sha256."""
+
+    task: str
+    source: str
+    sha256: str | None = None
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse `"denoise=PATH_OR_S3_URI#sha256=HEX"` (the `#sha256=` part is optional)."""
+    task, sep, rest = text.partition("=")
+    task = task.strip()
+    if not sep or not rest.strip():
+        raise ValueError(f"model spec {text!r} is not TASK=PATH_OR_S3_URI[#sha256=HEX]")
+    if task not in TASKS:
+        raise ValueError(f"model spec {text!r}: unknown task {task!r} ({', '.join(TASKS)})")
+    source, _, sha = rest.strip().rpartition("#sha256=")
+    if not _:
+        source, sha = rest.strip(), ""
+    if not source:
+        raise ValueError(f"model spec {text!r} has no path or URI")
+    try:
+        checked = _check_hex(sha) if sha else None
+    except WeightsError as exc:
+        raise ValueError(f"model spec {text!r}: {exc}") from exc
+    return ModelSpec(task=task, source=source, sha256=checked)
+
+
+# A forward: padded (N, C, H, W) fp32 on the model's device, sigma in [0, 1] units or None,
+# mask (N, 1, H, W) or None -> (N, C_out, H*s, W*s).
+Forward = Callable[[Tensor, float | None, Tensor | None], Tensor]
+
+
+class LoadedModel:
+    """A ready-to-run model (ours or the user's) and the facts an audit records about it."""
+
+    def __init__(
+        self,
+        *,
+        module: nn.Module,
+        forward: Forward,
+        model_id: str,
+        task: str,
+        architecture: str,
+        version: str,
+        scale: int,
+        in_channels: int,
+        out_channels: int,
+        weights_sha256: str,
+        size_requirements: SizeRequirements,
+        tiling: str,
+        receptive_overlap: int,
+        takes_noise_level: bool,
+        device: torch.device,
+        needs_mask: bool = False,
+        source: str | None = None,
+    ) -> None:
+        self.module = module
+        self._forward = forward
+        self.model_id = model_id
+        self.task = task
+        self.architecture = architecture
+        self.version = version
+        self.scale = scale
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.weights_sha256 = weights_sha256
+        self.size_requirements = size_requirements
+        self.tiling = tiling
+        self.receptive_overlap = receptive_overlap
+        self.takes_noise_level = takes_noise_level
+        self.device = device
+        self.needs_mask = needs_mask
+        self.source = source
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadedModel({self.model_id!r}, task={self.task}, arch={self.architecture}, "
+            f"scale={self.scale}, in={self.in_channels}, device={self.device})"
+        )
+
+    def run(
+        self,
+        pixels: np.ndarray,
+        *,
+        noise_sigma: float | None = None,
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Run on one image. (H, W, C) float [0, 1], C in {1, 3} -> (H*s, W*s, C) float32 [0, 1].
+
+        `noise_sigma` is in 8-bit levels (25 means N(0, (25/255)^2)); models that take a noise
+        level estimate it from the image when it is None. `mask` (H, W) bool is required by
+        inpainting models (True = fill). Grey input on a 3-channel model is replicated and the
+        output averaged; colour input on a 1-channel model runs channel by channel.
+        """
+        if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+            raise ValueError(f"expected (H, W, C) with C in (1, 3), got shape {pixels.shape}")
+        if self.needs_mask and mask is None:
+            raise ValueError(f"{self.model_id} is an inpainting model: pass mask=")
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        h, w, c = pixels.shape
+        sigma: float | None = None
+        if self.takes_noise_level:
+            levels = estimate_noise_sigma(pixels) if noise_sigma is None else float(noise_sigma)
+            sigma = max(0.0, levels) / 255.0
+
+        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
+        if c == 1 and self.in_channels == 3:
+            x = x.expand(1, 3, h, w)
+        elif c == 3 and self.in_channels == 1:
+            x = x.permute(1, 0, 2, 3)  # channels as a batch of 3 grey images
+        elif c != self.in_channels:
+            raise ValueError(f"{self.model_id} takes {self.in_channels} channels, image has {c}")
+        m = None
+        if mask is not None:
+            if mask.shape != (h, w):
+                raise ValueError(f"mask shape {mask.shape} != image {(h, w)}")
+            m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+            m = m.expand(x.shape[0], 1, h, w)
+
+        ph, pw = self.size_requirements.padded(h, w)
+        x = _pad(x, ph - h, pw - w)
+        if m is not None:
+            m = _pad(m, ph - h, pw - w)
+            m = m.to(self.device).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = self._forward(x, sigma, m)
+            s = self.scale
+            y = y[..., : h * s, : w * s].float().clamp(0, 1).cpu()
+
+        if c == 1 and self.in_channels == 3:
+            y = y.mean(dim=1, keepdim=True)
+        elif c == 3 and self.in_channels == 1:
+            y = y.permute(1, 0, 2, 3)
+        return np.ascontiguousarray(y[0].permute(1, 2, 0).numpy(), dtype=np.float32)
+
+
+def _pad(x: Tensor, ph: int, pw: int) -> Tensor:
+    """Pad bottom/right by reflection (replicate when the image is too small to reflect)."""
+    if ph == 0 and pw == 0:
+        return x
+    h, w = x.shape[-2:]
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def _prepare(module: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    module = module.to(device=device, dtype=torch.float32).eval()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _ours(
+    arch: Architecture,
+    state_dict: Mapping[str, Tensor],
+    *,
+    sha: str,
+    device: torch.device,
+    descriptor: ModelDescriptor | None,
+    source: str | None,
+) -> LoadedModel:
+    hp = arch.hyperparameters_from_state_dict(state_dict)
+    if descriptor is not None:
+        wanted = {k: descriptor.hyperparameters[k] for k in hp if k in descriptor.hyperparameters}
+        if any(hp[k] != v for k, v in wanted.items()):
+            raise WeightsError(
+                f"{descriptor.id}: weights have hyperparameters {hp}, descriptor says {wanted}"
+            )
+    try:
+        module = _prepare(arch.load(state_dict), device, channels_last=True)
+    except (RuntimeError, ValueError) as exc:
+        raise WeightsError(f"weights do not fit architecture {arch.name}: {exc}") from exc
+
+    if arch.takes_noise_level:
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            level = torch.full((x.shape[0],), sigma or 0.0, device=x.device)
+            return module(x, level)
+    else:
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            return module(x)
+
+    radius = arch.receptive_radius(hp)
+    if descriptor is not None:
+        d = descriptor
+        return LoadedModel(
+            module=module,
+            forward=forward,
+            model_id=d.id,
+            task=d.task,
+            architecture=d.architecture,
+            version=d.version,
+            scale=d.scale,
+            in_channels=d.in_channels,
+            out_channels=d.out_channels,
+            weights_sha256=sha,
+            size_requirements=d.size_requirements,
+            tiling=d.tiling,
+            receptive_overlap=d.receptive_overlap,
+            takes_noise_level=d.takes_noise_level,
+            device=device,
+        )
+    return LoadedModel(
+        module=module,
+        forward=forward,
+        model_id=f"user:{arch.name}",
+        task=arch.task,
+        architecture=arch.name,
+        version="user",
+        scale=arch.scale(hp),
+        in_channels=hp["in_channels"],
+        out_channels=hp["in_channels"],
+        weights_sha256=sha,
+        size_requirements=SizeRequirements(multiple_of=arch.multiple_of),
+        tiling="supported",
+        receptive_overlap=radius,
+        takes_noise_level=arch.takes_noise_level,
+        device=device,
+        source=source,
+    )
+
+
+def _read_source(source: str) -> bytes:
+    """Bytes of a local path, file:// or s3:// URI. Other schemes are refused (no network)."""
+    if source.startswith("s3://"):
+        parent, _, key = source.rstrip("/").rpartition("/")
+        if not key or parent in ("s3:", "s3:/"):
+            raise WeightsError(f"{source}: expected s3://BUCKET/PREFIX/FILE")
+        from daguerre.storage import open_storage
+
+        try:
+            return open_storage(parent, read_only=True).read_bytes(key)
+        except Exception as exc:
+            raise WeightsError(f"cannot read weights {source}: {exc}") from exc
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    elif "://" in source:
+        raise WeightsError(f"{source}: only local paths, file:// and s3:// are supported")
+    try:
+        return Path(source).expanduser().read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights {source}: {exc}") from exc
+
+
+def load_user_model(
+    task: str,
+    source: str,
+    expected_sha256: str | None = None,
+    device: str | torch.device = "auto",
+    *,
+    scale: int | None = None,
+) -> LoadedModel:
+    """Load bring-your-own weights for `task` from a local path or s3:// URI.
+
+    The bytes are verified against `expected_sha256` when given (the actual hash is recorded in
+    any case). Our own trained architectures are recognised first, then spandrel's. Raises
+    WeightsError when the weights are unsafe, unknown, or made for another task, scale
+    (when `scale` is given) or channel count.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    dev = pick_device(device) if isinstance(device, str) else device
+    data = _read_source(source)
+    sha = _verified(data, expected_sha256, source)
+    state_dict = _load_bytes(data, source)
+
+    ours = detect_architecture(state_dict)
+    if ours is not None:
+        if ours.task != task:
+            raise WeightsError(f"{source}: a {ours.task} model ({ours.name}), not a {task} model")
+        model = _ours(ours, state_dict, sha=sha, device=dev, descriptor=None, source=source)
+    else:
+        model = _spandrel(task, state_dict, sha=sha, device=dev, source=source)
+    if scale is not None and model.scale != scale:
+        raise WeightsError(f"{source}: a x{model.scale} model, x{scale} was asked for")
+    return model
+
+
+def _spandrel(
+    task: str, state_dict: dict[str, Tensor], *, sha: str, device: torch.device, source: str
+) -> LoadedModel:
+    from spandrel import (
+        ImageModelDescriptor,
+        MaskedImageModelDescriptor,
+        ModelLoader,
+        ModelTiling,
+        UnsupportedModelError,
+    )
+
+    purposes = _SPANDREL_PURPOSES.get(task)
+    if purposes is None:
+        raise WeightsError(f"no bring-your-own architectures are known for task {task!r}")
+    try:
+        desc = ModelLoader(device="cpu").load_from_state_dict(state_dict)
+    except UnsupportedModelError as exc:
+        raise WeightsError(f"{source}: unknown architecture (not ours, not spandrel's)") from exc
+    except Exception as exc:  # spandrel raises assorted errors on malformed dicts
+        raise WeightsError(f"{source}: spandrel could not build the model: {exc}") from exc
+    arch = desc.architecture.id
+    if desc.purpose not in purposes:
+        raise WeightsError(
+            f"{source}: {arch} is a {desc.purpose} model, not usable for {task} "
+            f"(expected {' or '.join(purposes)})"
+        )
+    if task == "denoise" and desc.scale != 1:
+        raise WeightsError(f"{source}: {arch} changes the size (x{desc.scale}); not a denoiser")
+    if task == "upscale" and desc.scale < 2:
+        raise WeightsError(f"{source}: {arch} has scale {desc.scale}; not an upscaler")
+    if desc.input_channels not in (1, 3) or desc.output_channels != desc.input_channels:
+        raise WeightsError(
+            f"{source}: {arch} maps {desc.input_channels} to {desc.output_channels} channels; "
+            "only 1->1 and 3->3 models are supported"
+        )
+    req = desc.size_requirements
+    if req.square:
+        raise WeightsError(f"{source}: {arch} needs square inputs, which is not supported")
+
+    module = _prepare(desc.model, device, channels_last=arch in _SPANDREL_CHANNELS_LAST)
+    noise_map = arch in _SPANDREL_NOISE_MAP_ARCHS and (
+        arch != "DnCNN" or getattr(module, "mode", "") == "FDnCNN"
+    )
+    if isinstance(desc, MaskedImageModelDescriptor):
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            assert mask is not None
+            return desc(x, mask.round())
+    elif noise_map:
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            level = torch.full_like(x[:, :1], sigma or 0.0)
+            return module(torch.cat([x, level], dim=1))
+    else:
+        assert isinstance(desc, ImageModelDescriptor)
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            return desc(x)
+
+    tiling = {
+        ModelTiling.SUPPORTED: "supported",
+        ModelTiling.DISCOURAGED: "discouraged",
+        ModelTiling.INTERNAL: "internal",
+    }[desc.tiling]
+    return LoadedModel(
+        module=module,
+        forward=forward,
+        model_id=f"user:{arch}",
+        task=task,
+        architecture=arch,
+        version="user",
+        scale=desc.scale,
+        in_channels=desc.input_channels,
+        out_channels=desc.output_channels,
+        weights_sha256=sha,
+        size_requirements=SizeRequirements(req.minimum, req.multiple_of),
+        tiling=tiling,
+        # spandrel does not know receptive fields; 32 px of context is the usual tiler default.
+        receptive_overlap=32,
+        takes_noise_level=noise_map,
+        device=device,
+        needs_mask=isinstance(desc, MaskedImageModelDescriptor),
+        source=source,
+    )
+
+
+def load_model(
+    descriptor_or_spec: ModelDescriptor | ModelSpec | str, *, device: str | torch.device = "auto"
+) -> LoadedModel:
+    """Load a shipped model (descriptor or id) or a user's (`ModelSpec` or spec text).
+
+    Shipped weights are verified against the descriptor's sha256 before use.
+    """
+    if isinstance(descriptor_or_spec, str):
+        if "=" in descriptor_or_spec:
+            descriptor_or_spec = parse_model_spec(descriptor_or_spec)
+        else:
+            descriptor_or_spec = get_descriptor(descriptor_or_spec)
+    if isinstance(descriptor_or_spec, ModelSpec):
+        s = descriptor_or_spec
+        return load_user_model(s.task, s.source, s.sha256, device)
+
+    d = descriptor_or_spec
+    if d.weights_path is None or d.weights_sha256 is None:
+        raise WeightsError(f"{d.id}: the descriptor names no weights file")
+    arch = get_architecture(d.architecture)
+    data = _read_source(str(d.weights_path))
+    sha = _verified(data, d.weights_sha256, d.weights_file or d.id)
+    state_dict = _load_bytes(data, d.weights_file or d.id)
+    if not arch.detect(state_dict):
+        raise WeightsError(f"{d.id}: weights are not a {arch.name} state dict")
+    dev = pick_device(device) if isinstance(device, str) else device
+    return _ours(arch, state_dict, sha=sha, device=dev, descriptor=d, source=None)
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON-decoded `__metadata__` of a safetensors file written by our trainer."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out

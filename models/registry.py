@@ -1,0 +1,137 @@
+"""The one registry of Daguerre's own models: explicit, ordered, immutable.
+
+Nothing registers itself on import. A model ships when its descriptor is listed in `SHIPPED`
+and its weights file (verified by sha256 when loaded) lies in `models/weights/`. Pipelines read
+everything they need from the descriptor (task, scale, size requirements, tiling policy) and
+never special-case an architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+Task = Literal["denoise", "upscale", "inpaint", "damage", "colorize", "face"]
+Tiling = Literal["supported", "discouraged", "internal"]
+
+TASKS: tuple[str, ...] = ("denoise", "upscale", "inpaint", "damage", "colorize", "face")
+TILING_MODES: tuple[str, ...] = ("supported", "discouraged", "internal")
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class SizeRequirements:
+    """Input size constraints: each side >= `minimum` and a multiple of `multiple_of` (pixels)."""
+
+    minimum: int = 0
+    multiple_of: int = 1
+
+    def __post_init__(self) -> None:
+        if self.minimum < 0 or self.multiple_of < 1:
+            raise ValueError(f"invalid size requirements {self}")
+
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest (height, width) >= the given one that satisfies the requirements."""
+
+        def up(n: int) -> int:
+            n = max(n, self.minimum)
+            return -(-n // self.multiple_of) * self.multiple_of
+
+        return up(height), up(width)
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """Everything a pipeline and an audit need to know about one of our models.
+
+    `hyperparameters` are the keyword arguments of the architecture's constructor;
+    `training` records how the weights were made (data, recipe, steps, minutes, metrics).
+    """
+
+    id: str
+    task: Task
+    architecture: str
+    version: str
+    scale: int
+    in_channels: int
+    out_channels: int
+    size_requirements: SizeRequirements
+    tiling: Tiling
+    receptive_overlap: int
+    supports_half: bool
+    supports_bfloat16: bool
+    weights_file: str | None
+    weights_sha256: str | None
+    licence: str
+    training: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    takes_noise_level: bool = False
+
+    def __post_init__(self) -> None:
+        # Freeze the two mappings so a descriptor cannot be changed through them either.
+        object.__setattr__(self, "training", _frozen(self.training))
+        object.__setattr__(self, "hyperparameters", _frozen(self.hyperparameters))
+        problems = descriptor_problems(self)
+        if problems:
+            raise ValueError(f"invalid model descriptor {self.id!r}: {'; '.join(problems)}")
+
+    @property
+    def weights_path(self) -> Path | None:
+        """Absolute path of the weights file, or None when the descriptor has none."""
+        return None if self.weights_file is None else WEIGHTS_DIR / self.weights_file
+
+
+def descriptor_problems(d: ModelDescriptor) -> list[str]:
+    """Consistency checks of one descriptor; an empty list means it is valid."""
+    problems: list[str] = []
+    if d.task not in TASKS:
+        problems.append(f"unknown task {d.task!r}")
+    if d.scale not in (1, 2, 4):
+        problems.append(f"scale {d.scale} not in (1, 2, 4)")
+    if d.task != "upscale" and d.task != "face" and d.scale != 1:
+        problems.append(f"task {d.task} must have scale 1")
+    if d.task == "upscale" and d.scale == 1:
+        problems.append("an upscale model must have scale 2 or 4")
+    if d.in_channels < 1 or d.out_channels < 1:
+        problems.append("channel counts must be positive")
+    if d.tiling not in TILING_MODES:
+        problems.append(f"tiling {d.tiling!r} not in {TILING_MODES}")
+    if d.receptive_overlap < 0:
+        problems.append("receptive_overlap must be >= 0")
+    if (d.weights_file is None) != (d.weights_sha256 is None):
+        problems.append("weights_file and weights_sha256 go together")
+    if d.weights_sha256 is not None and (
+        len(d.weights_sha256) != 64 or any(c not in "0123456789abcdef" for c in d.weights_sha256)
+    ):
+        problems.append("weights_sha256 must be 64 lower-case hex digits")
+    if d.weights_file is not None and ("/" in d.weights_file or "\\" in d.weights_file):
+        problems.append("weights_file is a bare file name under models/weights")
+    return problems
+
+
+# Ordered: the first shipped descriptor of a task is its default. The lead adds trained models
+# here (with their weights in models/weights/); an entry whose file is absent must not be listed.
+SHIPPED: tuple[ModelDescriptor, ...] = ()
+
+
+def get_descriptor(model_id: str) -> ModelDescriptor:
+    """The shipped descriptor with this id. Raises KeyError naming the known ids."""
+    for d in SHIPPED:
+        if d.id == model_id:
+            return d
+    known = ", ".join(d.id for d in SHIPPED) or "none"
+    raise KeyError(f"no shipped model {model_id!r} (shipped: {known})")
+
+
+def default_for(task: str) -> ModelDescriptor | None:
+    """The default shipped model of a task, or None when nothing is shipped for it."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    return next((d for d in SHIPPED if d.task == task), None)

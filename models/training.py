@@ -1,0 +1,775 @@
+"""Training Daguerre's own denoiser and upscaler from folders of clean images.
+
+`train(task, data_dirs, out, minutes)` runs for a wall-clock budget, checkpoints every few
+minutes to `out.with_suffix(".ckpt.pt")` (plain tensors and types only, reloaded with
+`weights_only=True`), resumes from it, and finally writes the weights as safetensors (`out`)
+and a model card (`out.with_suffix(".json")`). Test sets are refused as training data.
+
+Run it from a shell (the lead launches the long runs):
+    python -m daguerre.models.training denoise OUT.safetensors --minutes 120 \
+        --data /work/shared/datasets/train/BSDS500-train --data /work/shared/datasets/train/Train400
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from daguerre.imaging import degrade
+
+from .arch import Architecture, get_architecture
+from .arch import denoise as denoise_arch
+from .arch import upscale as upscale_arch
+from .inference import pick_device
+from .loading import sha256_file
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# Benchmarks live here; training on them would make every reported number meaningless.
+FORBIDDEN_DATA_ROOTS: tuple[Path, ...] = (Path("/work/shared/datasets/test"),)
+TRAINABLE_TASKS = ("denoise", "upscale")
+CARD_VERSION = 1
+
+
+@dataclass
+class Recipe:
+    """Training knobs; any of them can be passed to `train(**recipe)`.
+
+    Sizes are in pixels; sigmas in 8-bit levels. `patch` is the clean patch for denoising and
+    the low-resolution patch for upscaling. `layers`/`channels`/`in_channels` (and `scale`
+    for upscaling) are the architecture's hyperparameters.
+    """
+
+    batch_size: int = 16
+    patch: int = 64
+    lr: float = 5e-4
+    lr_min: float = 1e-6
+    schedule: str = "cosine"  # "cosine" or "step" (halve at 50, 75, 90 % of the budget)
+    warmup_steps: int = 100
+    loss: str = "l1"  # "l1" or "charbonnier"
+    # denoise
+    sigma_max: float = 55.0
+    grey_fraction: float = 0.25  # identical noise on identical channels: one model serves grey
+    poisson_fraction: float = 0.10
+    grain_fraction: float = 0.10
+    jpeg_fraction: float = 0.10
+    clip_fraction: float = 0.5  # clip + quantise the noisy input to 8 bits, like real files
+    # upscale
+    scale: int = 2
+    realistic: bool = False  # False: bicubic-only protocol; True: blur + noise + JPEG too
+    # architecture
+    layers: int | None = None
+    channels: int | None = None
+    in_channels: int = 3
+    # bookkeeping
+    checkpoint_minutes: float = 5.0
+    val_minutes: float = 1.0
+    val_patches: int = 32
+    val_patch: int = 96
+    # None: os.cpu_count(). On a shared, busy machine 1 can be much faster than 2 (OpenMP
+    # threads spin-waiting on each other): measured 30x on a tiny net under load.
+    threads: int | None = None
+
+    def hyperparameters(self, task: str) -> dict[str, int]:
+        if task == "denoise":
+            hp = dict(denoise_arch.DEFAULT_HYPERPARAMETERS)
+        else:
+            hp = dict(upscale_arch.DEFAULT_HYPERPARAMETERS)
+            hp["scale"] = self.scale
+        hp["in_channels"] = self.in_channels
+        if self.layers is not None:
+            hp["layers"] = self.layers
+        if self.channels is not None:
+            hp["channels"] = self.channels
+        return hp
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    card: Path
+    checkpoint: Path
+    steps: int
+    minutes: float
+    val_psnr: float | None
+    val_baseline_psnr: float | None
+    patches_per_s: float
+    weights_sha256: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def check_data_dirs(data_dirs: Sequence[Path]) -> list[Path]:
+    """Resolved data dirs; raises ValueError for a missing dir or one under a test set."""
+    out = []
+    for d in data_dirs:
+        r = Path(d).expanduser().resolve()
+        parts = r.parts
+        under_test = any(r.is_relative_to(root.resolve()) for root in FORBIDDEN_DATA_ROOTS) or any(
+            parts[i] == "datasets" and parts[i + 1] == "test" for i in range(len(parts) - 1)
+        )
+        if under_test:
+            raise ValueError(f"refusing to train on {d}: it is a test set (datasets/test)")
+        if not r.is_dir():
+            raise ValueError(f"data dir {d} does not exist")
+        out.append(r)
+    if not out:
+        raise ValueError("no data dirs given")
+    return out
+
+
+def list_images(data_dirs: Sequence[Path]) -> list[tuple[Path, str]]:
+    """(file, stable name) of every PNG/JPEG/BMP under the dirs, sorted."""
+    files = []
+    for d in data_dirs:
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((p, f"{d.name}/{p.relative_to(d).as_posix()}"))
+    return files
+
+
+def split_files(
+    files: Sequence[tuple[Path, str]], val_fraction: float
+) -> tuple[list[Path], list[Path]]:
+    """Deterministic train/val split by file: a hash of each file's name decides."""
+
+    def u(name: str) -> float:
+        return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+    ranked = sorted(files, key=lambda f: u(f[1]))
+    n_val = round(len(files) * val_fraction) if val_fraction > 0 else 0
+    if val_fraction > 0 and len(files) >= 2:
+        n_val = min(max(n_val, 1), len(files) - 1)
+    val = sorted(p for p, _ in ranked[:n_val])
+    train = sorted(p for p, _ in ranked[n_val:])
+    return train, val
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, C) uint8 or uint16, C in {1, 3} RGB; alpha dropped."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot decode {path}")
+    if img.ndim == 2:
+        return img[..., None]
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    if img.shape[2] == 3:
+        img = img[..., ::-1]
+    return np.ascontiguousarray(img)
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    return img.astype(np.float32) / scale
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H, W, 1) luma (Rec. 601)."""
+    return (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+
+
+def _augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    k = int(rng.integers(4))
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    return np.rot90(img, k)
+
+
+def _crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape[:2]
+    y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+    return img[y : y + size, x : x + size]
+
+
+# ----------------------------------------------------------------------------- degradations
+# Built on daguerre.imaging.degrade (seeded through the Generator passed in). Sigmas in levels.
+
+
+def _quantise(img: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(img, 0, 1) * 255) / np.float32(255)
+
+
+def degrade_for_denoise(
+    clean: np.ndarray, rng: np.random.Generator, r: Recipe
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(clean, noisy, sigma in levels) for one (P, P, 3) clean patch; both out (P, P, 3).
+
+    Mostly Gaussian with sigma ~ U(0, sigma_max), unclipped; some Poisson, film grain or JPEG
+    mixed in, whose sigma is the measured standard deviation of what they changed. With
+    probability `grey_fraction` the patch becomes grey with the same noise on its 3 channels.
+    Noisy inputs are clipped and quantised to 8 bits with probability `clip_fraction`.
+    """
+    same = rng.random() < r.grey_fraction
+    base = _grey(clean) if same else clean  # grey: degrade one channel, then replicate
+    u = rng.random()
+    if u < r.poisson_fraction:
+        peak = float(np.exp(rng.uniform(np.log(20.0), np.log(1000.0))))  # photons at white
+        noisy, sigma = degrade.poisson_noise(base, peak, rng), None
+    elif u < r.poisson_fraction + r.grain_fraction:
+        strength = rng.uniform(5.0, 35.0) / 255.0
+        noisy = degrade.film_grain(base, strength, rng.uniform(0.0, 1.5), rng)
+        sigma = None
+    else:
+        sigma = float(rng.uniform(0.0, r.sigma_max))
+        noisy = degrade.gaussian_noise(base, sigma, rng, clip=False)
+    if rng.random() < r.jpeg_fraction:
+        noisy, sigma = degrade.jpeg_artifacts(noisy, int(rng.integers(30, 96))), None
+    elif rng.random() < r.clip_fraction:
+        noisy = _quantise(noisy)
+    if sigma is None:
+        sigma = float((noisy - base).std() * 255.0)
+    if same:
+        base, noisy = np.repeat(base, 3, axis=2), np.repeat(noisy, 3, axis=2)
+    return base, noisy.astype(np.float32), sigma
+
+
+def degrade_for_upscale(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+    """Realistic LR of one (P*s, P*s, 3) HR patch: blur, random resize kernel, noise, JPEG."""
+    img = hr
+    if rng.random() < 0.7:
+        img = degrade.gaussian_blur(img, rng.uniform(0.2, 0.6 * scale))
+    method = ("bicubic", "bilinear", "area")[int(rng.integers(3))]
+    img = degrade.downscale(img, scale, method)
+    if rng.random() < 0.6:
+        sigma = rng.uniform(1.0, 15.0)
+        if rng.random() < 0.3:  # luminance-only noise
+            noise = degrade.gaussian_noise(np.zeros_like(img[..., :1]), sigma, rng, clip=False)
+            img = img + noise
+        else:
+            img = degrade.gaussian_noise(img, sigma, rng, clip=False)
+    if rng.random() < 0.5:
+        img = degrade.jpeg_artifacts(np.clip(img, 0, 1), int(rng.integers(40, 96)))
+    return _quantise(img)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class _Data:
+    """Images in memory (uint8/uint16) and the batch makers of both tasks."""
+
+    def __init__(self, files: Sequence[Path], min_side: int) -> None:
+        self.images: list[np.ndarray] = []
+        self.skipped: list[str] = []
+        for p in files:
+            img = read_image(p)
+            if min(img.shape[:2]) < min_side:
+                self.skipped.append(p.name)
+                continue
+            self.images.append(img)
+
+    def patch(self, size: int, rng: np.random.Generator, augment: bool = True) -> np.ndarray:
+        img = self.images[int(rng.integers(len(self.images)))]
+        crop = _to_float(_crop(img, size, rng))
+        if augment:
+            crop = _augment(crop, rng)
+        if crop.shape[2] == 1:
+            crop = np.repeat(crop, 3, axis=2)  # grey images train as 3 identical channels
+        return np.ascontiguousarray(crop)
+
+
+def _nchw(batch: Sequence[np.ndarray], device: torch.device) -> Tensor:
+    t = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+    return t.to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _bicubic_down(hr: Tensor, scale: int) -> Tensor:
+    """MATLAB-like antialiased bicubic (torch matches PIL's to ~0.15 levels), quantised."""
+    h, w = hr.shape[-2:]
+    lr = F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True)
+    return (lr.clamp(0, 1) * 255).round() / 255
+
+
+def _to_channels(t: Tensor, in_channels: int) -> Tensor:
+    return t if in_channels == 3 else t.mean(dim=1, keepdim=True)
+
+
+def _denoise_batch(
+    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    cleans, noisys, sigmas = [], [], []
+    for _ in range(r.batch_size):
+        c, n, s = degrade_for_denoise(data.patch(r.patch, rng), rng, r)
+        cleans.append(c)
+        noisys.append(n)
+        sigmas.append(s)
+    clean = _to_channels(_nchw(cleans, device), r.in_channels)
+    noisy = _to_channels(_nchw(noisys, device), r.in_channels)
+    return noisy, clean, torch.tensor(sigmas, dtype=torch.float32, device=device) / 255.0
+
+
+def _upscale_batch(
+    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    hrs = [data.patch(r.patch * r.scale, rng) for _ in range(r.batch_size)]
+    hr = _nchw(hrs, device)
+    if r.realistic:
+        lr = _nchw([degrade_for_upscale(h, r.scale, rng) for h in hrs], device)
+    else:
+        lr = _bicubic_down(hr, r.scale)
+    return _to_channels(lr, r.in_channels), _to_channels(hr, r.in_channels)
+
+
+def _psnr(a: Tensor, b: Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 99.0 if mse <= 1e-12 else 10 * math.log10(1.0 / mse)
+
+
+class _Validation:
+    """Fixed validation crops (one centre crop per val file) and the task's protocol.
+
+    denoise: Gaussian sigma 25, unclipped input, fixed seed; upscale: bicubic LR.
+    Reports the mean PSNR (RGB, [0, 1]) of the model and of the trivial baseline
+    (the noisy input; bicubic upsampling).
+    """
+
+    def __init__(self, files: Sequence[Path], task: str, r: Recipe, device: torch.device) -> None:
+        self.task, self.r = task, r
+        size = r.val_patch - r.val_patch % (r.scale if task == "upscale" else 2)
+        crops = []
+        for p in files[: r.val_patches]:
+            img = read_image(p)
+            h, w = img.shape[:2]
+            if min(h, w) < size:
+                continue
+            y, x = (h - size) // 2, (w - size) // 2
+            crop = _to_float(img[y : y + size, x : x + size])
+            crops.append(np.repeat(crop, 3, axis=2) if crop.shape[2] == 1 else crop)
+        self.clean = _to_channels(_nchw(crops, device), r.in_channels) if crops else None
+        if self.clean is None:
+            return
+        if task == "denoise":
+            g = np.random.default_rng(0)
+            noise = g.standard_normal(tuple(self.clean.shape), dtype=np.float32) * (25 / 255)
+            self.inputs = self.clean + torch.from_numpy(noise).to(device)
+            self.sigma = torch.full((self.clean.shape[0],), 25 / 255, device=device)
+            self.baseline = _psnr(self.inputs.clamp(0, 1), self.clean)
+        else:
+            self.inputs = _bicubic_down(self.clean, r.scale)
+            up = F.interpolate(self.inputs, scale_factor=r.scale, mode="bicubic")
+            self.baseline = _psnr(up.clamp(0, 1), self.clean)
+
+    @torch.inference_mode()
+    def __call__(self, model: nn.Module) -> float | None:
+        if self.clean is None:
+            return None
+        model.eval()
+        outs = []
+        for i in range(0, self.clean.shape[0], 8):
+            x = self.inputs[i : i + 8].contiguous(memory_format=torch.channels_last)
+            if self.task == "denoise":
+                outs.append(model(x, self.sigma[i : i + 8]))
+            else:
+                outs.append(model(x))
+        model.train()
+        return _psnr(torch.cat(outs).clamp(0, 1), self.clean)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _lr_at(r: Recipe, fraction: float, step: int) -> float:
+    fraction = min(max(fraction, 0.0), 1.0)
+    if r.schedule == "cosine":
+        lr = r.lr_min + 0.5 * (r.lr - r.lr_min) * (1 + math.cos(math.pi * fraction))
+    elif r.schedule == "step":
+        lr = r.lr * 0.5 ** sum(fraction >= m for m in (0.5, 0.75, 0.9))
+    else:
+        raise ValueError(f"unknown schedule {r.schedule!r} (cosine, step)")
+    return lr * min(1.0, (step + 1) / max(1, r.warmup_steps))
+
+
+def _loss(r: Recipe, out: Tensor, target: Tensor) -> Tensor:
+    if r.loss == "l1":
+        return F.l1_loss(out, target)
+    if r.loss == "charbonnier":
+        return torch.sqrt((out - target) ** 2 + 1e-6).mean()
+    raise ValueError(f"unknown loss {r.loss!r} (l1, charbonnier)")
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def _cpu_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    # contiguous NCHW copies: safetensors needs contiguous tensors, channels_last is not
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+class _Progress:
+    def __init__(self, enabled: bool, task: str, total_s: float, done_s: float) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn(f"train {task}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.id = self.bar.add_task(task, total=total_s, completed=done_s, info="")
+        self.bar.start()
+
+    def update(self, done_s: float, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.id, completed=done_s, info=info)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(
+    task: str,
+    data_dirs: list[Path],
+    out: Path,
+    minutes: float,
+    device: str = "auto",
+    resume: bool = True,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    progress: bool = True,
+    **recipe: Any,
+) -> TrainResult:
+    """Train our `task` model ("denoise" or "upscale") for `minutes` of wall clock in total.
+
+    `recipe` overrides `Recipe` fields. With `resume`, an existing checkpoint of the same task
+    and hyperparameters continues where it stopped (`minutes` counts the time already spent;
+    pass a larger value to extend a finished run). Writes `out` (safetensors), the model card
+    `out.with_suffix(".json")` and keeps the checkpoint `out.with_suffix(".ckpt.pt")`.
+    """
+    if task not in TRAINABLE_TASKS:
+        raise ValueError(f"cannot train {task!r}; trainable tasks: {', '.join(TRAINABLE_TASKS)}")
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise TypeError(f"unknown recipe options {unknown}; known: {sorted(known)}")
+    r = Recipe(**recipe)
+    if task == "upscale" and r.scale not in (2, 4):
+        raise ValueError("upscale training supports scale 2 or 4")
+    _lr_at(r, 0.0, 0)  # unknown schedule or loss: fail now, not after loading the data
+    _loss(r, torch.zeros(1), torch.zeros(1))
+    dirs = check_data_dirs(data_dirs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out.with_suffix(".ckpt.pt")
+    card_path = out.with_suffix(".json")
+
+    dev = pick_device(device)
+    arch: Architecture = get_architecture(
+        denoise_arch.ARCH_NAME if task == "denoise" else upscale_arch.ARCH_NAME
+    )
+    hp = r.hyperparameters(task)
+
+    files = list_images(dirs)
+    train_files, val_files = split_files(files, val_fraction)
+    if not train_files:
+        raise ValueError(f"no training images (PNG, JPEG, BMP) under {[str(d) for d in dirs]}")
+    min_side = r.patch * (r.scale if task == "upscale" else 1)
+    data = _Data(train_files, min_side)
+    if not data.images:
+        raise ValueError(f"no training image is at least {min_side} px on each side")
+    validate = _Validation(val_files, task, r, dev)
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(seed)
+        model = arch.build(**hp)
+    model = model.to(dev).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(model.parameters(), lr=r.lr)
+    rng = np.random.default_rng(seed)
+    step, elapsed_s, step_s, patches = 0, 0.0, 0.0, 0
+    history: list[dict[str, Any]] = []
+    val_psnr: float | None = None
+
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["task"] != task or state["hyperparameters"] != hp:
+            raise ValueError(
+                f"checkpoint {ckpt_path} is for {state['task']} {state['hyperparameters']}, "
+                f"not {task} {hp}; delete it or pass resume=False"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        step, elapsed_s = int(state["step"]), float(state["elapsed_s"])
+        step_s, patches = float(state["step_s"]), int(state["patches"])
+        history = list(state["history"])
+        val_psnr = state["val_psnr"]
+
+    def checkpoint() -> None:
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "task": task,
+                "hyperparameters": hp,
+                "recipe": asdict(r),
+                "seed": seed,
+                "model": _cpu_state_dict(model),
+                "optimizer": opt.state_dict(),
+                "numpy_rng": rng.bit_generator.state,
+                "step": step,
+                "elapsed_s": elapsed_s,
+                "step_s": step_s,
+                "patches": patches,
+                "history": history,
+                "val_psnr": val_psnr,
+            },
+        )
+
+    budget_s = minutes * 60.0
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(r.threads or os.cpu_count() or 1)
+    bar = _Progress(progress, task, budget_s, min(elapsed_s, budget_s))
+    start = time.monotonic() - elapsed_s
+    last_ckpt = last_val = time.monotonic()
+    loss_avg: float | None = None
+    try:
+        while elapsed_s < budget_s:
+            t0 = time.perf_counter()
+            if task == "denoise":
+                x, target, sigma = _denoise_batch(data, r, rng, dev)
+            else:
+                x, target = _upscale_batch(data, r, rng, dev)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(r, elapsed_s / budget_s, step)
+            out_t = model(x, sigma) if task == "denoise" else model(x)
+            loss = _loss(r, out_t, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            patches += r.batch_size
+            step_s += time.perf_counter() - t0
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at step {step}; lower lr")
+            loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+            now = time.monotonic()
+            elapsed_s = now - start
+            if now - last_val >= r.val_minutes * 60 or elapsed_s >= budget_s:
+                val_psnr = validate(model)
+                history.append(
+                    {
+                        "step": step,
+                        "minutes": round(elapsed_s / 60, 3),
+                        "loss": round(loss_avg, 6),
+                        "val_psnr": None if val_psnr is None else round(val_psnr, 3),
+                        "lr": opt.param_groups[0]["lr"],
+                    }
+                )
+                last_val = time.monotonic()
+            if now - last_ckpt >= r.checkpoint_minutes * 60:
+                checkpoint()
+                last_ckpt = time.monotonic()
+            vp = "-" if val_psnr is None else f"{val_psnr:.2f}"
+            bar.update(
+                min(elapsed_s, budget_s),
+                f"step {step} loss {loss_avg:.4f} val {vp} dB "
+                f"{patches / max(step_s, 1e-9):.0f} patches/s",
+            )
+        if val_psnr is None:
+            val_psnr = validate(model)
+        checkpoint()
+    finally:
+        bar.stop()
+        torch.set_num_threads(threads_before)
+
+    weights_sha = _write_weights(out, model, task, arch.name, hp)
+    result = TrainResult(
+        weights=out,
+        card=card_path,
+        checkpoint=ckpt_path,
+        steps=step,
+        minutes=round(elapsed_s / 60, 3),
+        val_psnr=None if val_psnr is None else round(val_psnr, 3),
+        val_baseline_psnr=getattr(validate, "baseline", None),
+        patches_per_s=round(patches / max(step_s, 1e-9), 2),
+        weights_sha256=weights_sha,
+        history=history,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    card = _card(result, task, arch, hp, r, dirs, data, train_files, val_files, seed, dev, n_params)
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return result
+
+
+def _write_weights(out: Path, model: nn.Module, task: str, arch: str, hp: dict[str, int]) -> str:
+    from safetensors.torch import save_file
+
+    # One key: safetensors stores metadata in a hash map whose order varies between runs, and
+    # equal weights must give an equal file (and sha256).
+    info = {"task": task, "architecture": arch, "hyperparameters": hp}
+    meta = {"daguerre": json.dumps(info, sort_keys=True)}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(_cpu_state_dict(model), str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return sha256_file(out)
+
+
+def _card(
+    res: TrainResult,
+    task: str,
+    arch: Architecture,
+    hp: dict[str, int],
+    r: Recipe,
+    dirs: list[Path],
+    data: _Data,
+    train_files: list[Path],
+    val_files: list[Path],
+    seed: int,
+    dev: torch.device,
+    n_params: int,
+) -> dict[str, Any]:
+    scale = hp.get("scale", 1)
+    protocol = (
+        "Gaussian sigma 25 (levels), unclipped input, seed 0, RGB PSNR, centre crops"
+        if task == "denoise"
+        else f"x{scale} antialiased bicubic LR (8-bit), RGB PSNR, no border cut, centre crops"
+    )
+    metrics = {
+        "val_psnr": res.val_psnr,
+        "val_baseline_psnr": None
+        if res.val_baseline_psnr is None
+        else round(res.val_baseline_psnr, 3),
+        "val_protocol": protocol,
+        "val_images": len(val_files),
+    }
+    return {
+        "card_version": CARD_VERSION,
+        "task": task,
+        "architecture": arch.name,
+        "hyperparameters": hp,
+        "parameters": n_params,
+        "data_dirs": [str(d) for d in dirs],
+        "train_images": len(data.images),
+        "skipped_small_images": len(data.skipped),
+        "steps": res.steps,
+        "minutes": res.minutes,
+        "patches_per_s": res.patches_per_s,
+        **metrics,
+        "seed": seed,
+        "recipe": asdict(r),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "weights_file": res.weights.name,
+        "weights_sha256": res.weights_sha256,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "history": res.history,
+        # Fields of a registry.ModelDescriptor for these weights (the id/version/licence to fill).
+        "descriptor": {
+            "task": task,
+            "architecture": arch.name,
+            "scale": scale,
+            "in_channels": hp["in_channels"],
+            "out_channels": hp["in_channels"],
+            "size_requirements": {"minimum": 0, "multiple_of": arch.multiple_of},
+            "tiling": "supported",
+            "receptive_overlap": arch.receptive_radius(hp),
+            "supports_half": True,
+            "supports_bfloat16": True,
+            "weights_file": res.weights.name,
+            "weights_sha256": res.weights_sha256,
+            "hyperparameters": hp,
+            "takes_noise_level": arch.takes_noise_level,
+            "training": {
+                "data": [d.name for d in dirs],
+                "recipe": asdict(r),
+                "steps": res.steps,
+                "minutes": res.minutes,
+                "metrics": metrics,
+            },
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: `python -m daguerre.models.training TASK OUT --data DIR ... --minutes M`."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("task", choices=TRAINABLE_TASKS)
+    p.add_argument("out", type=Path, help="weights file to write (.safetensors)")
+    p.add_argument("--data", type=Path, action="append", required=True, help="image folder")
+    p.add_argument("--minutes", type=float, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe option, e.g. --set batch_size=32 --set scale=4 --set realistic=true",
+    )
+    a = p.parse_args(argv)
+    types = {f.name: f.type for f in fields(Recipe)}
+    recipe: dict[str, Any] = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        if key not in types:
+            p.error(f"unknown recipe option {key!r}")
+        t = str(types[key])
+        if "bool" in t:
+            recipe[key] = value.lower() in ("1", "true", "yes")
+        elif "int" in t:
+            recipe[key] = int(value)
+        elif "float" in t:
+            recipe[key] = float(value)
+        else:
+            recipe[key] = value
+    res = train(
+        a.task,
+        a.data,
+        a.out,
+        a.minutes,
+        device=a.device,
+        resume=not a.no_resume,
+        seed=a.seed,
+        val_fraction=a.val_fraction,
+        progress=not a.no_progress,
+        **recipe,
+    )
+    print(
+        json.dumps(
+            {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in asdict(res).items()
+                if k != "history"
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Detection on pixels (daguerre.imaging.detect)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pyvips
+from skimage import data
+
+from daguerre.imaging.detect import (
+    Detection,
+    analyse_colour,
+    contrast,
+    damage_mask,
+    detect,
+    detect_faces,
+    estimate_noise_sigma,
+    is_grayscale,
+    sharpness,
+)
+from daguerre.imaging.io import ImageInfo, decode
+
+
+def _unit(array: np.ndarray) -> np.ndarray:
+    out = array.astype(np.float32) / 255.0
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 75) -> np.ndarray:
+    """Round trip through an 8-bit JPEG, as archives usually hold them."""
+    image = pyvips.Image.new_from_array(np.rint(pixels * 255).astype(np.uint8))
+    return decode(image.copy(interpretation="srgb").jpegsave_buffer(Q=quality)).pixels
+
+
+def _smooth(height: int = 256, width: int = 256) -> np.ndarray:
+    """A smooth (H, W) field in [0.2, 0.8]: no texture, no edges."""
+    yy, xx = np.mgrid[0:height, 0:width] / 256.0
+    return (0.5 + 0.2 * np.sin(4 * xx) * np.cos(3 * yy) + 0.1 * yy).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def camera() -> np.ndarray:
+    return _unit(data.camera())
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def test_single_band_is_grayscale(camera):
+    result = analyse_colour(camera)
+    assert result.kind == "grayscale" and result.hue_deg is None
+    assert is_grayscale(camera)
+
+
+def test_grey_rgb_through_jpeg_and_noise_is_grayscale(camera):
+    rng = np.random.default_rng(0)
+    grey = np.repeat(camera, 3, axis=2)
+    assert analyse_colour(_jpeg(grey, 40)).kind == "grayscale"
+    # independent sensor noise per channel gives speckles of chroma: still grey
+    noisy = np.clip(grey + rng.normal(0, 6 / 255, grey.shape).astype(np.float32), 0, 1)
+    assert analyse_colour(_jpeg(noisy, 60)).kind == "grayscale"
+
+
+def test_sepia_is_monochrome_tinted(camera):
+    sepia = np.clip(camera * np.array([1.0, 0.85, 0.62], np.float32) + [0.06, 0.03, 0.0], 0, 1)
+    result = analyse_colour(_jpeg(sepia.astype(np.float32)))
+    assert result.kind == "monochrome-tinted"
+    assert 40 < result.hue_deg < 100  # yellow-orange in Lab
+    assert result.mean_chroma > 5
+
+
+def test_cyanotype_is_monochrome_tinted(camera):
+    dark = np.array([0.05, 0.15, 0.35], np.float32)
+    cyan = dark + camera * (1 - dark)
+    result = analyse_colour(_jpeg(cyan.astype(np.float32)))
+    assert result.kind == "monochrome-tinted"
+    assert 240 < result.hue_deg < 320  # blue in Lab
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_colour_photographs_are_colour(name):
+    result = analyse_colour(_jpeg(_unit(getattr(data, name)())))
+    assert result.kind == "colour" and result.hue_deg is None
+    assert not is_grayscale(_unit(getattr(data, name)()))
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+@pytest.mark.parametrize("sigma", [5.0, 15.0, 25.0])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_noise_sigma_on_known_noise(sigma, channels):
+    rng = np.random.default_rng(int(sigma) * channels)
+    clean = np.repeat(_smooth()[:, :, None], channels, axis=2)
+    noisy = np.clip(clean + rng.normal(0, sigma / 255, clean.shape).astype(np.float32), 0, 1)
+    assert estimate_noise_sigma(noisy) == pytest.approx(sigma, rel=0.2)
+
+
+def test_noise_sigma_is_on_the_8_bit_scale_for_16_bit_data():
+    rng = np.random.default_rng(1)
+    noisy = _smooth()[:, :, None] + rng.normal(0, 10 / 255, (256, 256, 1)).astype(np.float32)
+    as_16 = np.rint(np.clip(noisy, 0, 1) * 65535) / np.float32(65535)
+    assert estimate_noise_sigma(as_16.astype(np.float32)) == pytest.approx(10, rel=0.2)
+
+
+def test_noise_sigma_of_clean_image_is_small():
+    assert estimate_noise_sigma(_smooth()[:, :, None]) < 0.5
+
+
+def test_sharpness_and_contrast(camera):
+    blurred = np.asarray(
+        pyvips.Image.new_from_array(camera[:, :, 0]).gaussblur(2.0).numpy(), np.float32
+    )[:, :, None]
+    assert sharpness(camera) > 5 * sharpness(blurred)
+    assert contrast(camera) > 0.8
+    faded = 0.35 + 0.3 * camera
+    assert contrast(faded) == pytest.approx(0.3 * contrast(camera), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def _segment(shape, p0, p1, width):
+    """Pixels within width/2 of the segment p0-p1 (x, y)."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    (x0, y0), (x1, y1) = p0, p1
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-6), 0, 1)
+    return np.hypot(xx - (x0 + t * dx), yy - (y0 + t * dy)) <= width / 2
+
+
+def _damaged(seed: int, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(damaged, truth mask, clean) synthetic colour image with 1-3 px lines and dots."""
+    rng = np.random.default_rng(seed)
+    base = _smooth()
+    clean = np.stack([base, base * 0.9, base * 0.8], axis=-1)
+    white = np.zeros(base.shape, bool)
+    black = np.zeros(base.shape, bool)
+    for i in range(12):
+        line = _segment(base.shape, rng.integers(0, 256, 2), rng.integers(0, 256, 2), 1 + i % 3)
+        (white if i % 2 else black)[line] = True
+    for i in range(30):
+        centre = rng.integers(0, 256, 2)
+        (white if i % 2 else black)[_segment(base.shape, centre, centre, rng.integers(2, 5))] = 1
+    damaged = clean.copy()
+    damaged[white] = 1.0
+    damaged[black] = 0.0
+    grain = rng.normal(0, noise / 255, clean.shape).astype(np.float32)
+    return np.clip(damaged + grain, 0, 1), white | black, np.clip(clean + grain, 0, 1)
+
+
+@pytest.mark.parametrize(("seed", "noise"), [(0, 0.5), (1, 2.0), (3, 4.0)])
+def test_damage_mask_catches_drawn_scratches_and_dust(seed, noise):
+    damaged, truth, clean = _damaged(seed, noise)
+    mask = damage_mask(damaged)
+    assert mask.dtype == bool and mask.shape == truth.shape
+    assert (mask & truth).sum() / truth.sum() > 0.9
+    # beyond the 1-px dilation, nothing else is marked
+    near = np.zeros_like(truth)
+    for dy in (-2, -1, 0, 1, 2):
+        for dx in (-2, -1, 0, 1, 2):
+            near |= np.roll(np.roll(truth, dy, 0), dx, 1)
+    assert (mask & ~near).mean() < 0.002
+    assert damage_mask(clean).mean() == 0.0
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera", "coffee", "chelsea"])
+def test_damage_mask_leaves_clean_photographs_alone(name):
+    pixels = _unit(getattr(data, name)())
+    assert damage_mask(pixels).mean() < 0.005
+    rgb = pixels if pixels.shape[2] == 3 else np.repeat(pixels, 3, axis=2)
+    assert damage_mask(_jpeg(rgb, 50)).mean() < 0.005  # JPEG artefacts are not damage
+
+
+def test_damage_mask_is_dilated_by_one_pixel():
+    pixels = np.full((64, 64, 1), 0.5, np.float32)
+    pixels[32, 10:50] = 1.0  # a 1-px bright scratch
+    mask = damage_mask(pixels)
+    assert mask[31:34, 12:48].all()
+    assert not mask[:29].any() and not mask[36:].any()
+
+
+# ----------------------------------------------------------------------------- faces
+
+
+def test_detect_faces_finds_the_astronaut():
+    faces = detect_faces(_unit(data.astronaut()))
+    assert len(faces) == 1
+    x, y, w, h = faces[0]
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 170  # her face
+    assert detect_faces(_smooth()[:, :, None]) == []
+
+
+# ----------------------------------------------------------------------------- together
+
+
+def test_detect_collects_everything_and_serialises():
+    pixels = _unit(data.astronaut())
+    info = ImageInfo(
+        format="tiff",
+        width=512,
+        height=512,
+        bands=3,
+        bit_depth=16,
+        colour_space="rgb16",
+        has_alpha=False,
+        icc_profile=None,
+        ppi=600.0,
+    )
+    det = detect(pixels, info)
+    assert isinstance(det, Detection)
+    assert (det.width, det.height, det.ppi, det.bit_depth) == (512, 512, 600.0, 16)
+    assert det.colour_kind == "colour"
+    assert det.damage_mask.shape == (512, 512)
+    assert det.damage_coverage == pytest.approx(det.damage_mask.mean())
+    assert len(det.faces) == 1
+    metrics = det.to_metrics()
+    assert "damage_mask" not in metrics
+    assert json.loads(json.dumps(metrics)) == metrics
+    assert metrics["faces"] == [list(det.faces[0])]
+
+
+def test_detect_downscales_big_images_for_global_measures_only():
+    rng = np.random.default_rng(5)
+    big = np.kron(_smooth(256, 112), np.ones((9, 9), np.float32))[:, :, None]
+    big = np.clip(big + rng.normal(0, 8 / 255, big.shape).astype(np.float32), 0, 1)
+    det = detect(big)  # 2304 x 1008: above the 2048 px analysis view
+    assert (det.width, det.height) == (1008, 2304)
+    assert det.damage_mask.shape == (2304, 1008)
+    assert det.noise_sigma == pytest.approx(8, rel=0.2)  # measured at full resolution

@@ -1,0 +1,165 @@
+"""End to end on local folders and a SQLite catalog: real Prefect flow runs through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from daguerre.cli import app
+from tests.helpers import tree_hashes, write_bad_inputs
+
+pytestmark = pytest.mark.flow
+
+runner = CliRunner()
+
+
+def _restore(source: Path, dest: Path, catalog: str, *extra: str):
+    return runner.invoke(
+        app,
+        ["restore", str(source), str(dest), "--catalog", catalog, *extra],
+        catch_exceptions=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def restored(prefect_harness, sample_collection: Path, tmp_path_factory):
+    """The sample collection restored once; later tests read the outputs and the catalog."""
+    work = tmp_path_factory.mktemp("restore-local")
+    source = work / "masters"
+    shutil.copytree(sample_collection, source)
+    dest = work / "restored"
+    catalog = f"sqlite:///{work / 'catalog.sqlite'}"
+    before = tree_hashes(source)
+    result = _restore(source, dest, catalog)
+    return source, dest, catalog, before, result
+
+
+def test_restores_every_sample(restored) -> None:
+    source, dest, _catalog, before, result = restored
+    assert result.exit_code == 0, result.output
+    masters = [p for p in source.rglob("*") if p.is_file()]
+    assert masters
+    for master in masters:
+        relative = master.relative_to(source)
+        preservation = dest / f"{relative}.restored.tif"
+        access = dest / f"{relative}.access.jpg"
+        assert preservation.is_file(), f"missing {preservation}"
+        assert access.is_file(), f"missing {access}"
+    assert tree_hashes(source) == before, "a master was modified"
+    # Intermediates are cleaned up; only derivatives remain.
+    assert not list((dest / ".daguerre" / "work").rglob("*.npy"))
+
+
+def test_rerun_is_idempotent(restored) -> None:
+    source, dest, catalog, _before, _result = restored
+    outputs_before = tree_hashes(dest)
+    again = _restore(source, dest, catalog)
+    assert again.exit_code == 0, again.output
+    assert "already done" in again.output
+    assert tree_hashes(dest) == outputs_before
+
+
+def test_audit_shows_full_history(restored) -> None:
+    source, dest, catalog, _before, _result = restored
+    master = next(p for p in sorted(source.rglob("*")) if p.is_file())
+    result = runner.invoke(app, ["audit", str(master), "--catalog", catalog, "--json"])
+    assert result.exit_code == 0, result.output
+    histories = json.loads(result.output)
+    assert len(histories) == 1
+    history = histories[0]
+    restorations = history["restorations"]
+    assert restorations[0]["status"] == "succeeded"
+    stages = [s["stage"] for s in restorations[0]["steps"]]
+    assert stages == ["detect", "denoise", "inpaint", "tone", "upscale", "colorize", "store"]
+    for step in restorations[0]["steps"]:
+        if step["status"] == "applied":
+            assert step["operator"] and step["operator_version"]
+            assert step["input_sha256"] and step["duration_s"] is not None
+        else:
+            assert step["status"] == "skipped" and step["reason"]
+    # The same history is found from the derivative's path and from the master's sha256.
+    preservation = dest / f"{master.relative_to(source)}.restored.tif"
+    by_derivative = runner.invoke(app, ["audit", str(preservation), "--catalog", catalog, "--json"])
+    assert json.loads(by_derivative.output)[0]["facts"]["sha256"] == history["facts"]["sha256"]
+    text = runner.invoke(app, ["audit", history["facts"]["sha256"], "--catalog", catalog])
+    assert text.exit_code == 0 and "detect" in text.output
+
+
+def test_grayscale_sample_records_colorize_skipped(restored) -> None:
+    source, _dest, catalog, _before, _result = restored
+    from daguerre.catalog import Catalog
+
+    histories = [
+        h for p in source.rglob("*") if p.is_file() for h in Catalog(catalog).history(str(p))
+    ]
+    reasons = {
+        step.reason
+        for h in histories
+        for r in h.restorations
+        for step in r.steps
+        if step.stage == "colorize"
+    }
+    assert any(r and "colori" in r for r in reasons), reasons
+
+
+def test_bad_inputs_are_recorded_and_the_rest_goes_on(
+    prefect_harness, sample_collection: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "mixed"
+    shutil.copytree(sample_collection, source)
+    expected = write_bad_inputs(source / "broken")
+    (source / "README.txt").write_text("not an image, and not named like one: ignored\n")
+    dest = tmp_path / "out"
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    result = _restore(source, dest, catalog, "--steps", "denoise,inpaint")
+    assert result.exit_code == 1, result.output
+    for name, fragment in expected.items():
+        lines = [line for line in result.output.splitlines() if name in line and "FAILED" in line]
+        assert lines, f"{name} not reported as failed:\n{result.output}"
+        assert fragment.lower() in lines[0].lower(), lines[0]
+    good = [p for p in sample_collection.rglob("*") if p.is_file()]
+    for master in good:
+        assert (dest / f"{master.relative_to(sample_collection)}.restored.tif").is_file()
+    assert "README.txt" not in result.output
+
+    from daguerre.catalog import Catalog
+
+    for name in expected:
+        histories = Catalog(catalog).history(str(source / "broken" / name))
+        assert histories and histories[0].restorations[-1].status == "failed"
+        assert histories[0].restorations[-1].error
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "denoise,sharpen"], "unknown step"),
+        (["--scale", "3"], "scale"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    result = runner.invoke(app, ["restore", str(source), str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dest_inside_source_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    result = runner.invoke(app, ["restore", str(source), str(source / "restored")])
+    assert result.exit_code == 2
+    assert "inside SOURCE" in result.output
+
+
+def test_missing_source_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["restore", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output

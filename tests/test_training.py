@@ -1,0 +1,195 @@
+"""Training: data checks, the split, degradations, and short real runs on synthetic images.
+
+The runs train tiny nets (4 layers, 16 channels) for seconds on PNGs the test writes; nothing
+here needs /work/shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from daguerre.models.loading import load_user_model, safetensors_metadata, sha256_file
+from daguerre.models.training import (
+    Recipe,
+    check_data_dirs,
+    degrade_for_denoise,
+    degrade_for_upscale,
+    list_images,
+    main,
+    split_files,
+    train,
+)
+
+# threads=1: on a busy shared 2-core machine two OpenMP threads slow tiny nets down many times.
+TINY = {"layers": 4, "channels": 16, "batch_size": 8, "patch": 32, "val_patch": 48, "threads": 1}
+
+
+def _picture(h: int, w: int, seed: int) -> np.ndarray:
+    """Synthetic (H, W, 3) uint8 RGB: smooth shading, discs and bars of random colours."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    for k in range(3):
+        img[..., k] = rng.uniform(0.2, 0.6) + 0.3 * (xx / w) * rng.uniform(-1, 1) + 0.2 * yy / h
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 20)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    y0 = int(rng.integers(0, h - 10))
+    img[y0 : y0 + 6, :] = rng.uniform(0, 1, 3)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("images")
+    for i in range(10):
+        cv2.imwrite(str(d / f"c{i}.png"), _picture(96, 112, i)[..., ::-1])
+    (d / "sub").mkdir()
+    cv2.imwrite(str(d / "sub" / "g.bmp"), cv2.cvtColor(_picture(80, 90, 99), cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(d / "j.jpg"), _picture(100, 100, 7)[..., ::-1])
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_test_sets_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="test set"):
+        check_data_dirs([Path("/work/shared/datasets/test/CBSD68")])
+    with pytest.raises(ValueError, match="test set"):
+        check_data_dirs([Path("/work/shared/datasets/train/../test/Set12")])
+    fake = tmp_path / "datasets" / "test" / "x"
+    fake.mkdir(parents=True)
+    with pytest.raises(ValueError, match="test set"):
+        check_data_dirs([fake])
+    with pytest.raises(ValueError, match="does not exist"):
+        check_data_dirs([tmp_path / "missing"])
+    with pytest.raises(ValueError, match="test set"):
+        train("denoise", [fake], tmp_path / "w.safetensors", minutes=0.01, progress=False)
+
+
+def test_listing_and_split_are_deterministic(data_dir) -> None:
+    files = list_images([data_dir])
+    assert len(files) == 12  # png, bmp in a sub-folder, jpg; not the .txt
+    train_a, val_a = split_files(files, 0.2)
+    train_b, val_b = split_files(list(reversed(files)), 0.2)
+    assert (train_a, val_a) == (train_b, val_b)
+    assert len(val_a) == 2 and not set(train_a) & set(val_a)
+    assert split_files(files, 0.0)[1] == []
+    assert len(split_files(files[:3], 0.01)[1]) == 1  # at least one validation file
+
+
+def test_denoise_degradation_contract() -> None:
+    rng = np.random.default_rng(0)
+    r = Recipe()
+    clean = _picture(48, 48, 1).astype(np.float32) / 255
+    grey_seen = colour_seen = 0
+    for _ in range(200):
+        c, n, sigma = degrade_for_denoise(clean, rng, r)
+        assert c.shape == n.shape == (48, 48, 3) and n.dtype == np.float32
+        assert 0 <= sigma <= 80
+        same = np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(n[..., 0], n[..., 2])
+        grey_seen += same
+        colour_seen += not same
+    assert 20 < grey_seen < 90 and colour_seen > 100  # ~25 % grey with identical noise
+    # Gaussian sigma is the true one
+    g = Recipe(poisson_fraction=0, grain_fraction=0, jpeg_fraction=0, clip_fraction=0)
+    c, n, sigma = degrade_for_denoise(np.full((64, 64, 3), 0.5, np.float32), rng, g)
+    assert abs((n - c).std() * 255 - sigma) < 0.1 * sigma + 0.5
+
+
+def test_upscale_degradation_contract() -> None:
+    rng = np.random.default_rng(0)
+    hr = _picture(64, 64, 3).astype(np.float32) / 255
+    for scale in (2, 4):
+        lr = degrade_for_upscale(hr, scale, rng)
+        assert lr.shape == (64 // scale, 64 // scale, 3) and lr.dtype == np.float32
+        assert lr.min() >= 0 and lr.max() <= 1
+
+
+def test_unknown_recipe_and_task_are_refused(data_dir, tmp_path) -> None:
+    with pytest.raises(TypeError, match="unknown recipe"):
+        train("denoise", [data_dir], tmp_path / "w.safetensors", 0.01, lr_typo=1)
+    with pytest.raises(ValueError, match="cannot train"):
+        train("colorize", [data_dir], tmp_path / "w.safetensors", 0.01)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_denoise_training_smoke_resume_and_use(data_dir, tmp_path) -> None:
+    out = tmp_path / "run" / "dn.safetensors"
+    common = dict(progress=False, val_fraction=0.1, val_minutes=0.03, checkpoint_minutes=0.05)
+    first = train("denoise", [data_dir], out, minutes=0.15, **common, **TINY)
+    ckpt = out.with_suffix(".ckpt.pt")
+    assert out.is_file() and ckpt.is_file() and first.steps > 50
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["weights_sha256"] == sha256_file(out) == first.weights_sha256
+    assert card["task"] == "denoise" and card["hyperparameters"]["layers"] == 4
+    assert card["steps"] == first.steps and card["val_psnr"] == first.val_psnr
+    assert card["data_dirs"] == [str(data_dir.resolve())] and card["seed"] == 0
+    assert card["descriptor"]["weights_sha256"] == first.weights_sha256
+    assert safetensors_metadata(out)["daguerre"]["task"] == "denoise"
+    assert first.val_psnr is not None and first.val_psnr > first.val_baseline_psnr
+
+    # The checkpoint holds only tensors and plain types.
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["step"] == first.steps
+
+    resumed = train("denoise", [data_dir], out, minutes=0.22, **common, **TINY)
+    assert resumed.steps > first.steps
+    assert resumed.history[: len(first.history)] == first.history
+    done = train("denoise", [data_dir], out, minutes=0.1, **common, **TINY)  # budget spent
+    assert done.steps == resumed.steps
+    assert done.weights_sha256 == resumed.weights_sha256  # same weights, same bytes
+    with pytest.raises(ValueError, match="resume=False"):
+        train("denoise", [data_dir], out, minutes=0.4, **common, **{**TINY, "channels": 8})
+
+    # The trained tiny denoiser beats its noisy input on an unseen synthetic image.
+    model = load_user_model("denoise", str(out), resumed.weights_sha256)
+    clean = _picture(64, 80, 1234).astype(np.float32) / 255
+    noisy = clean + np.random.default_rng(5).normal(0, 25 / 255, clean.shape).astype(np.float32)
+    restored = model.run(noisy, noise_sigma=25)
+    assert _psnr(restored, clean) > _psnr(np.clip(noisy, 0, 1), clean) + 1.0
+    blind = model.run(noisy)  # sigma estimated from the image
+    assert _psnr(blind, clean) > _psnr(np.clip(noisy, 0, 1), clean)
+
+
+def test_upscale_training_smoke_from_the_command_line(data_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "sr.safetensors"
+    main(
+        [
+            "upscale",
+            str(out),
+            "--data",
+            str(data_dir),
+            "--minutes",
+            "0.05",
+            "--no-progress",
+            "--set",
+            "scale=4",
+            "--set",
+            "realistic=true",
+            "--set",
+            "layers=3",
+            "--set",
+            "channels=8",
+            "--set",
+            "patch=16",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "threads=1",
+        ]
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] > 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["recipe"]["realistic"] is True and card["hyperparameters"]["scale"] == 4
+    model = load_user_model("upscale", str(out), card["weights_sha256"], "cpu", scale=4)
+    assert model.run(np.zeros((5, 7, 3), np.float32)).shape == (20, 28, 3)
