@@ -138,11 +138,14 @@ class LearnedOperator:
         used: dict[str, Any] = {"architecture": self.model.architecture}
         sigma = None
         if self.model.takes_noise_level:
-            sigma = float(params.get("sigma", ctx.noise_sigma or 0.0))
-            used["sigma"] = round(sigma, 3)
+            # None lets the model estimate the level itself; 0 would mean "no noise".
+            level = params.get("sigma", ctx.noise_sigma)
+            sigma = float(level) if level is not None else None
+            used["sigma"] = round(sigma, 3) if sigma is not None else "estimated"
         if self.stage == "upscale":
             used["scale"] = self.model.scale
-        out = run_tiled(self.model, pixels, noise_sigma=sigma)
+        mask = ctx.damage_mask if self.stage == "inpaint" else None
+        out = run_tiled(self.model, pixels, noise_sigma=sigma, mask=mask)
         if self.stage == "inpaint" and ctx.damage_mask is not None:
             # Only masked pixels may change.
             out = np.where(ctx.damage_mask[..., None], out, pixels).astype(np.float32)

@@ -160,8 +160,8 @@ def parse_model_spec(text: str) -> ModelSpec:
         raise ValueError(f"model spec {text!r} is not TASK=PATH_OR_S3_URI[#sha256=HEX]")
     if task not in TASKS:
         raise ValueError(f"model spec {text!r}: unknown task {task!r} ({', '.join(TASKS)})")
-    source, _, sha = rest.strip().rpartition("#sha256=")
-    if not _:
+    source, marker, sha = rest.strip().rpartition("#sha256=")
+    if not marker:
         source, sha = rest.strip(), ""
     if not source:
         raise ValueError(f"model spec {text!r} has no path or URI")

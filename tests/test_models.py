@@ -208,6 +208,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, how: str) -> None:
     marker = tmp_path / "pwned"
@@ -326,7 +327,11 @@ def _spandrel_models():
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
 @pytest.mark.parametrize(
-    "arch_id, task, scale, noise_map, build", _spandrel_models(), ids=lambda v: str(v)[:12]
+    "arch_id, task, scale, noise_map, build",
+    [
+        pytest.param(*m, id=f"{m[0]}-x{m[2]}{'-noisemap' if m[3] else ''}")
+        for m in _spandrel_models()
+    ],
 )
 def test_bring_your_own_spandrel(tmp_path, fmt, arch_id, task, scale, noise_map, build) -> None:
     path = tmp_path / f"user.{fmt}"
@@ -484,3 +489,28 @@ def test_loaded_run_is_deterministic_io(tmp_path) -> None:
     buf = io.BytesIO()
     np.save(buf, model.run(img, noise_sigma=3))
     assert np.array_equal(np.load(io.BytesIO(buf.getvalue())), model.run(img, noise_sigma=3))
+
+
+def test_byo_from_s3_uri_goes_through_storage(tmp_path, monkeypatch) -> None:
+    import daguerre.storage
+
+    model = _seeded(lambda: denoise_arch.FFDNetLike(**TINY_DENOISE))
+    (tmp_path / "models").mkdir()
+    sha = _save(model.state_dict(), tmp_path / "models" / "dn.safetensors", "safetensors")
+    opened: list[tuple[str, bool]] = []
+
+    class FakeStorage:
+        def __init__(self, uri: str) -> None:
+            self.root = tmp_path / uri.removeprefix("s3://bucket/")
+
+        def read_bytes(self, key: str) -> bytes:
+            return (self.root / key).read_bytes()
+
+    def fake_open(uri: str, *, read_only: bool = False):
+        opened.append((uri, read_only))
+        return FakeStorage(uri)
+
+    monkeypatch.setattr(daguerre.storage, "open_storage", fake_open)
+    loaded = load_user_model("denoise", "s3://bucket/models/dn.safetensors", sha, "cpu")
+    assert opened == [("s3://bucket/models", True)]
+    assert loaded.weights_sha256 == sha and loaded.source == "s3://bucket/models/dn.safetensors"
