@@ -209,9 +209,7 @@ Detector = Callable[[np.ndarray], np.ndarray]
 
 
 def evaluate(cases: list[Case], detectors: dict[str, Detector]) -> dict[str, list[float]]:
-    header = f"{'case':34s}" + "".join(
-        f" | {n:>4s} P    R    F1  strR" for n in detectors
-    )
+    header = f"{'case':34s}" + "".join(f" | {n:>4s} P    R    F1  strR" for n in detectors)
     print(header)
     f1s: dict[str, list[float]] = {n: [] for n in detectors}
     for name, pixels, truth, strong in cases:
@@ -227,8 +225,7 @@ def evaluate(cases: list[Case], detectors: dict[str, Detector]) -> dict[str, lis
                 row += f" | marked {mask.mean() * 100:6.3f}%     "
         print(row)
     print(
-        f"{'mean F1 (damaged)':34s}"
-        + "".join(f" | {np.mean(v):19.3f}     " for v in f1s.values())
+        f"{'mean F1 (damaged)':34s}" + "".join(f" | {np.mean(v):19.3f}     " for v in f1s.values())
     )
     return f1s
 

@@ -14,8 +14,17 @@ def _short(sha: str | None) -> str:
     return sha[:12] if sha else "-"
 
 
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
 def _compact(values: dict) -> str:
-    return json.dumps(values, sort_keys=True, default=str) if values else "-"
+    """`k=v, ...` with short floats: the table stays readable; --json has everything."""
+    return ", ".join(f"{k}={_value(v)}" for k, v in sorted(values.items())) if values else "-"
 
 
 def render_history(console: Console, history: AssetHistory) -> None:

@@ -168,7 +168,9 @@ def test_upscale_explicit_scale_wins():
 def test_colorize_not_enabled_on_grayscale():
     decision = plan_restoration(_det(), PlanOptions())["colorize"]
     assert not decision.run
-    assert decision.reason == "grayscale image, colorization not enabled"
+    assert decision.reason == "grayscale image: no colorizer model installed (not enabled)"
+    with_model = plan_restoration(_det(), PlanOptions(colorizer_available=True))["colorize"]
+    assert with_model.reason == "grayscale image, colorization not enabled"
 
 
 def test_colorize_not_enabled_on_colour():

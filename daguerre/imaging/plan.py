@@ -149,6 +149,10 @@ def _colorize(det: Detection, opts: PlanOptions) -> StageDecision:
     if "colorize" not in opts.steps:
         if kind == "colour":
             return StageDecision("colorize", False, "stage not enabled")
+        if not opts.colorizer_available:
+            return StageDecision(
+                "colorize", False, f"{label} image: no colorizer model installed (not enabled)"
+            )
         return StageDecision("colorize", False, f"{label} image, colorization not enabled")
     if kind == "colour":
         return StageDecision("colorize", False, "image is in colour")
