@@ -266,6 +266,55 @@ def samples(
     console.print(f"wrote {len(paths)} sample images under {dest}")
 
 
+@app.command()
+def train(
+    task: Annotated[str, typer.Argument(help="denoise or upscale.")],
+    data: Annotated[
+        list[Path], typer.Option("--data", help="Folder of clean training images. Repeatable.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Weights file to write (.safetensors).")],
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget, in total across resumes.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint if any.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Recipe option KEY=VALUE (e.g. scale=4). Repeatable."),
+    ] = None,
+) -> None:
+    """Train one of our models on clean images degraded on the fly; writes weights + model card.
+
+    Checkpoints every few minutes beside OUT and resumes from them. Folders under the shared
+    test datasets are refused: never train on a test set.
+    """
+    from daguerre.models.training import parse_recipe_options
+    from daguerre.models.training import train as run_training
+
+    try:
+        recipe = parse_recipe_options(option or [])
+    except ValueError as exc:
+        usage_error(str(exc))
+    try:
+        result = run_training(
+            task,
+            data,
+            out,
+            minutes,
+            device=device,
+            resume=resume,
+            seed=seed,
+            progress=progress,
+            **recipe,
+        )
+    except ValueError as exc:
+        usage_error(str(exc))
+    console.print(
+        f"wrote {result.weights} ({result.steps} steps, {result.minutes:.1f} min, "
+        f"validation PSNR {result.val_psnr})"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

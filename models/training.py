@@ -446,6 +446,26 @@ class _Progress:
             self.bar.stop()
 
 
+def parse_recipe_options(items: list[str]) -> dict[str, Any]:
+    """`["batch_size=32", "realistic=true"]` -> typed `Recipe` overrides; ValueError if unknown."""
+    types = {f.name: str(f.type) for f in fields(Recipe)}
+    recipe: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise ValueError(f"unknown recipe option {key!r}")
+        t = types[key]
+        if "bool" in t:
+            recipe[key] = value.lower() in ("1", "true", "yes")
+        elif "int" in t:
+            recipe[key] = int(value)
+        elif "float" in t:
+            recipe[key] = float(value)
+        else:
+            recipe[key] = value
+    return recipe
+
+
 def train(
     task: str,
     data_dirs: list[Path],
@@ -732,21 +752,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="recipe option, e.g. --set batch_size=32 --set scale=4 --set realistic=true",
     )
     a = p.parse_args(argv)
-    types = {f.name: f.type for f in fields(Recipe)}
-    recipe: dict[str, Any] = {}
-    for item in a.set:
-        key, _, value = item.partition("=")
-        if key not in types:
-            p.error(f"unknown recipe option {key!r}")
-        t = str(types[key])
-        if "bool" in t:
-            recipe[key] = value.lower() in ("1", "true", "yes")
-        elif "int" in t:
-            recipe[key] = int(value)
-        elif "float" in t:
-            recipe[key] = float(value)
-        else:
-            recipe[key] = value
+    try:
+        recipe = parse_recipe_options(a.set)
+    except ValueError as exc:
+        p.error(str(exc))
     res = train(
         a.task,
         a.data,

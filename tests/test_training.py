@@ -21,7 +21,6 @@ from daguerre.models.training import (
     degrade_for_denoise,
     degrade_for_upscale,
     list_images,
-    main,
     split_files,
     train,
 )
@@ -160,35 +159,21 @@ def test_denoise_training_smoke_resume_and_use(data_dir, tmp_path) -> None:
     assert _psnr(blind, clean) > _psnr(np.clip(noisy, 0, 1), clean)
 
 
-def test_upscale_training_smoke_from_the_command_line(data_dir, tmp_path, capsys) -> None:
+def test_upscale_training_smoke_from_the_command_line(data_dir, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+
     out = tmp_path / "sr.safetensors"
-    main(
-        [
-            "upscale",
-            str(out),
-            "--data",
-            str(data_dir),
-            "--minutes",
-            "0.05",
-            "--no-progress",
-            "--set",
-            "scale=4",
-            "--set",
-            "realistic=true",
-            "--set",
-            "layers=3",
-            "--set",
-            "channels=8",
-            "--set",
-            "patch=16",
-            "--set",
-            "batch_size=4",
-            "--set",
-            "threads=1",
-        ]
-    )
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["steps"] > 0
+    options = ["scale=4", "realistic=true", "layers=3", "channels=8", "patch=16"]
+    options += ["batch_size=4", "threads=1"]
+    args = ["train", "upscale", "--data", str(data_dir), "--out", str(out)]
+    args += ["--minutes", "0.05", "--no-progress"]
+    for option in options:
+        args += ["--set", option]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["recipe"]["realistic"] is True and card["hyperparameters"]["scale"] == 4
     model = load_user_model("upscale", str(out), card["weights_sha256"], "cpu", scale=4)
