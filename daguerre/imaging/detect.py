@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from scipy import ndimage
 from skimage.color import rgb2lab
 from skimage.restoration import estimate_sigma
 
@@ -178,102 +177,326 @@ def contrast(pixels: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- damage
 
+# The detector looks for two shapes that damage takes and photographs rarely do, in every colour
+# channel (a tinted scratch can be invisible in luminance), on 8-bit copies of the channels (the
+# contrasts it needs are tens of levels, and 8-bit morphology is several times faster):
+#   specks: a small area brighter (darker) than every pixel of a ring around it;
+#   scratches: a line brighter (darker) than both its flanks over a long path.
+# Whatever passes is grown over the rest of the mark and dilated, so inpainting covers the fringe.
+# Real thin structure (rims, wires, hair, text) looks the same locally: the thresholds are set so
+# that clean photographs (scikit-image's, also through JPEG q75) keep under ~0.3% of pixels
+# marked; see bench/eval_damage_classical.py.
 
-# Structuring element: marks narrower than this are removed by the opening/closing.
-_TOPHAT_SIZE = 7
-_BLOCK = 64  # block for the local level of the top-hat response
-_K_LOCAL = 8.0  # response > local median + K_LOCAL * local spread (p75 - p50) ...
-_K_NOISE = 6.0  # ... and > K_NOISE * noise sigma ...
-_MIN_CONTRAST = 0.1  # ... and > this (25/255): faint marks are not worth inpainting ...
-_K_EDGE = 4.0  # ... and > K_EDGE * edge strength of the mark-free background nearby
-_EDGE_SIZE = 9  # window of that edge strength
-_MIN_PASSING = 0.6  # share of a component's pixels that must pass all the tests above
-_MAX_HALF_WIDTH = 2.5  # thin: pixels farther than this from the component border are deep
-_MAX_DEEP_SHARE = 0.1  # ... and at most this share of a component's pixels may be deep
+# Specks (dust): centre (3x3 mean) against rings of these radii, px: specks up to ~10 px across.
+# (A ring of 8 px finds bigger dust too, but also the eyes of small, soft portraits.)
+_SPECK_RADII = (2, 4, 6)
+_SPECK_MIN_CONTRAST = 0.21  # clears every ring pixel by this much (in one channel) ...
+_SPECK_K_NOISE = 14.0  # ... and by this many noise sigmas of that channel
+_SPECK_MAX_EXTENT = 14  # px: bounding box of a speck's passing pixels
+# More specks than this (counting half-contrast ones) in a window around one are texture
+# (kernels of corn, glitter on water, foliage), not dust.
+_SPECK_FIELD_WINDOW = 41
+_SPECK_FIELD_MAX = 4
+
+# Scratches: centre (mean over 5 px along the line) against both flanks (9 px long, at these
+# perpendicular offsets) in 4 orientations (the far flank covers the angles between): lines up
+# to ~8 px wide.
+_LINE_ANGLES = 4
+_LINE_OFFSETS = (2, 5)
+_LINE_FLANK = 9
+_LINE_CENTRE = 5
+_LINE_MIN_CONTRAST = 0.375
+_LINE_K_NOISE = 10.0
+# A line with an opposite-polarity line of the same channel beside it (3-8 px away, at least
+# this share of its contrast) is an object: a tube with its shading, a rim with its shadow.
+# (Opposite polarities in different channels are just a coloured line.)
+_LINE_COMPANION_RADII = (3, 8)
+_LINE_COMPANION_SHARE = 1.0 / 3.0
+# Path length (px) through passing pixels a line needs: long, or short but very strong, or
+# short on a smooth neighbourhood (where no real line hides among texture).
+_LINE_MIN_PATH = 150
+_LINE_SHORT_PATH = 20
+_LINE_SHORT_STRENGTH = 2.5  # x the line threshold
+# A neighbourhood is smooth when under a quarter of it has a residual above 1.5 x the floor
+# (below): nothing hides there, so marks need less: lines half the contrast, specks 3/4.
+_SMOOTH_WINDOW = 31
+_SMOOTH_SHARE = 0.25
+_SMOOTH_RESIDUAL = 1.5
+_SMOOTH_LINE_FACTOR = 0.5
+_SMOOTH_SPECK_FACTOR = 0.75
+
+# Extent: residual of a top-hat / black-hat with this square element, per channel, over a floor
+# of max(K_NOISE sigma, MIN) ...
+_RESIDUAL_SIZE = 13
+_RESIDUAL_K_NOISE = 4.0
+_RESIDUAL_MIN = 0.04
+# ... marks grow within this radius over pixels with at least this share of the residual at
+# their seed, and at least half the floor; then the mask is dilated by one pixel so Telea
+# covers the anti-aliased fringe.
+_GROW_RADIUS = 3
+_GROW_SHARE = 0.5
+_GROW_FLOOR = 0.5
+
+# Reach of the detector beyond a pixel (px), long paths aside: tiles need this much context.
+DAMAGE_CONTEXT = 64
 
 
-def _fast_noise(lum: np.ndarray) -> float:
-    """Robust noise sigma (in [0, 1] units): MAD of a second-difference filter (Immerkaer)."""
+def _noise_sigma(channel: np.ndarray) -> float:
+    """Robust noise sigma (units of the channel): MAD of a second-difference filter (Immerkaer),
+    the median taken on a sample of at most ~250k responses."""
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = cv2.filter2D(lum, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT)
-    return float(np.median(np.abs(response)) / (0.6745 * 6.0))
+    response = cv2.filter2D(channel, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT)
+    step = max(1, math.isqrt(response.size // 250_000))
+    return float(np.median(np.abs(response[::step, ::step])) / (0.6745 * 6.0))
 
 
-def _local_levels(response: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel (median, spread) of the top-hat response, from blockwise percentiles.
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
-    Percentiles ignore a thin scratch crossing a block; textured blocks get a high spread
-    and so a high threshold, which keeps hair, grass and fabric out of the mask.
-    """
-    height, width = response.shape
-    rows, cols = max(1, math.ceil(height / _BLOCK)), max(1, math.ceil(width / _BLOCK))
-    padded = np.pad(
-        response, ((0, rows * _BLOCK - height), (0, cols * _BLOCK - width)), mode="reflect"
+
+def _annulus(inner: int, outer: int) -> np.ndarray:
+    """uint8 disk of radius outer without the disk of radius inner - 1."""
+    kernel = _disk(outer)
+    kernel[outer - inner + 1 : outer + inner, outer - inner + 1 : outer + inner] &= 1 - _disk(
+        inner - 1
     )
-    blocks = padded.reshape(rows, _BLOCK, cols, _BLOCK).transpose(0, 2, 1, 3)
-    p50, p75 = np.percentile(blocks.reshape(rows, cols, -1), [50, 75], axis=2).astype(np.float32)
-    size = (width, height)
-    median = cv2.resize(p50, size, interpolation=cv2.INTER_LINEAR)
-    spread = cv2.resize(np.maximum(p75 - p50, 0.0), size, interpolation=cv2.INTER_LINEAR)
-    return median, spread
+    return kernel
 
 
-def _marks(response: np.ndarray, edges: np.ndarray, noise: float) -> np.ndarray:
-    """Thin or small components of one polarity's top-hat response that pass the tests."""
-    median, spread = _local_levels(response)
-    threshold = np.maximum(median + _K_LOCAL * spread, max(_K_NOISE * noise, _MIN_CONTRAST))
-    passing = (response > threshold) & (response > _K_EDGE * edges)
-    # Hysteresis: the half-threshold region grown from passing pixels gives whole marks.
-    count, labels = cv2.connectedComponents(
-        (response > 0.5 * threshold).astype(np.uint8), connectivity=8
-    )
-    if count <= 1:
-        return np.zeros(response.shape, bool)
-    seeded = np.zeros(count, bool)
-    seeded[np.unique(labels[passing])] = True
-    seeded[0] = False
-    candidates = seeded[labels]
+def _ring(radius: int) -> np.ndarray:
+    kernel = np.zeros((2 * radius + 1, 2 * radius + 1), np.uint8)
+    cv2.circle(kernel, (radius, radius), radius, 1, 1)
+    return kernel
+
+
+def _segments(theta: float, offsets: tuple[float, ...], length: int) -> np.ndarray:
+    """uint8 kernel: segments of `length` px along theta, at these perpendicular offsets."""
+    half = length // 2
+    reach = math.ceil(max(abs(o) for o in offsets) + half) + 1
+    kernel = np.zeros((2 * reach + 1, 2 * reach + 1), np.uint8)
+    ux, uy = math.cos(theta), math.sin(theta)
+    t = np.linspace(-half, half, 4 * length)
+    for offset in offsets:
+        xs = np.rint(reach - offset * uy + t * ux).astype(int)
+        ys = np.rint(reach + offset * ux + t * uy).astype(int)
+        kernel[ys, xs] = 1
+    return kernel
+
+
+_RINGS = [_ring(r) for r in _SPECK_RADII]
+_THETAS = [math.pi * i / _LINE_ANGLES for i in range(_LINE_ANGLES)]
+_CENTRES = [_segments(t, (0.0,), _LINE_CENTRE).astype(np.float32) for t in _THETAS]
+_CENTRES = [k / k.sum() for k in _CENTRES]
+_FLANKS = [_segments(t, (0.0,), _LINE_FLANK) for t in _THETAS]
+# Perpendicular (dy, dx) of each flank offset, per orientation.
+_SHIFTS = [
+    [(round(d * math.cos(t)), round(-d * math.sin(t))) for d in _LINE_OFFSETS] for t in _THETAS
+]
+_REFLECT = cv2.BORDER_REFLECT
+
+
+def _speck_contrast(u8: np.ndarray) -> np.ndarray:
+    """uint8: how far the 3x3 mean exceeds (falls below) every pixel of the best ring."""
+    centre = cv2.blur(u8, (3, 3), borderType=_REFLECT)
+    best = np.zeros_like(u8)
+    for ring in _RINGS:
+        high = cv2.dilate(u8, ring, borderType=_REFLECT)
+        low = cv2.erode(u8, ring, borderType=_REFLECT)
+        best = cv2.max(best, cv2.max(cv2.subtract(centre, high), cv2.subtract(low, centre)))
+    return best
+
+
+def _line_contrast(u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (bright, dark): how far a short run along the best orientation exceeds (falls
+    below) every pixel of both flanks. A flank is the line's own segment max (min) shifted
+    sideways; saturating uint8 arithmetic keeps it cheap."""
+    height, width = u8.shape
+    pad = max(_LINE_OFFSETS) + 1
+    bright = np.zeros_like(u8)
+    dark = np.zeros_like(u8)
+
+    def flank(padded: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        return padded[pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+
+    for centre_kernel, segment, shifts in zip(_CENTRES, _FLANKS, _SHIFTS, strict=True):
+        centre = cv2.filter2D(u8, -1, centre_kernel, borderType=_REFLECT)
+        high = cv2.copyMakeBorder(
+            cv2.dilate(u8, segment, borderType=_REFLECT), pad, pad, pad, pad, _REFLECT
+        )
+        low = cv2.copyMakeBorder(
+            cv2.erode(u8, segment, borderType=_REFLECT), pad, pad, pad, pad, _REFLECT
+        )
+        for dy, dx in shifts:
+            high_sides = cv2.max(flank(high, dy, dx), flank(high, -dy, -dx))
+            low_sides = cv2.min(flank(low, dy, dx), flank(low, -dy, -dx))
+            bright = cv2.max(bright, cv2.subtract(centre, high_sides))
+            dark = cv2.max(dark, cv2.subtract(low_sides, centre))
+    return bright, dark
+
+
+def _lone_lines(bright: np.ndarray, dark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The line contrasts without lines that have an opposite one of the same channel beside
+    them: those are objects (a tube and its shading, a rim and its shadow), not scratches."""
+    near = _annulus(*_LINE_COMPANION_RADII)
+    dark_near = cv2.dilate(dark, near, borderType=_REFLECT).astype(np.float32)
+    bright_near = cv2.dilate(bright, near, borderType=_REFLECT).astype(np.float32)
+    share = np.float32(_LINE_COMPANION_SHARE)
+    bright = np.where(bright * share > dark_near, bright, np.uint8(0))
+    dark = np.where(dark * share > bright_near, dark, np.uint8(0))
+    return bright, dark
+
+
+def _residual(u8: np.ndarray) -> np.ndarray:
+    """uint8 top-hat or black-hat, whichever is larger."""
+    element = np.ones((_RESIDUAL_SIZE, _RESIDUAL_SIZE), np.uint8)
+    opened = cv2.morphologyEx(u8, cv2.MORPH_OPEN, element, borderType=_REFLECT)
+    closed = cv2.morphologyEx(u8, cv2.MORPH_CLOSE, element, borderType=_REFLECT)
+    return cv2.max(cv2.subtract(u8, opened), cv2.subtract(closed, u8))
+
+
+def _path_length(mask: np.ndarray) -> np.ndarray:
+    """int32: longest path through each pixel of mask, in steps, moving one row (column) at a
+    time and at most one pixel sideways: a binary path opening with the two cones that between
+    them follow lines of any orientation (curves within 45 degrees of one axis)."""
+
+    def cone(m: np.ndarray) -> np.ndarray:
+        rows, cols = m.shape
+        on = m.astype(np.int32)
+        down = np.zeros((rows, cols), np.int32)
+        up = np.zeros((rows, cols), np.int32)
+        for out, order in ((down, range(rows)), (up, range(rows - 1, -1, -1))):
+            prev = np.zeros(cols + 2, np.int32)
+            for y in order:
+                cur = on[y] * (np.maximum(np.maximum(prev[:-2], prev[1:-1]), prev[2:]) + 1)
+                out[y] = cur
+                prev[1:-1] = cur
+        return np.where(m, down + up - 1, 0)
+
+    return np.maximum(cone(mask), cone(np.ascontiguousarray(mask.T)).T)
+
+
+def _long_lines(score: np.ndarray, smooth: np.ndarray) -> np.ndarray:
+    """Passing line pixels (score > 1) on a path long enough for their strength and setting."""
+    passing = score > 1.0
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        candidates.astype(np.uint8), connectivity=8
+        passing.astype(np.uint8), connectivity=8
     )
     if count <= 1:
-        return candidates
-    index = np.arange(count)
-    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    share = ndimage.sum_labels(passing, labels, index) / np.maximum(areas, 1.0)
-    # Thin: almost no pixel lies deep inside (lines, networks of lines, specks); a few deep
-    # pixels are allowed where marks cross.
-    depth = cv2.distanceTransform(candidates.astype(np.uint8), cv2.DIST_L2, 5)
-    deep = ndimage.sum_labels(depth > _MAX_HALF_WIDTH, labels, index) / np.maximum(areas, 1.0)
-    keep = (deep <= _MAX_DEEP_SHARE) & (share >= _MIN_PASSING)
+        return passing
+    # A path never outgrows its component's bounding box: only big components need the search.
+    reach = stats[:, cv2.CC_STAT_WIDTH] + stats[:, cv2.CC_STAT_HEIGHT]
+    may = reach >= _LINE_SHORT_PATH
+    may[0] = False
+    if not may.any():
+        return np.zeros_like(passing)
+    candidates = may[labels]
+    ys, xs = np.nonzero(candidates)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    path = np.zeros(score.shape, np.int32)
+    # Bridge one-pixel gaps (noise, a crossing) before measuring paths.
+    bridged = cv2.dilate(candidates[y0:y1, x0:x1].astype(np.uint8), _disk(1)).astype(bool)
+    path[y0:y1, x0:x1] = _path_length(bridged)
+    keep = (path >= _LINE_MIN_PATH) | (
+        (path >= _LINE_SHORT_PATH) & ((score >= _LINE_SHORT_STRENGTH) | smooth)
+    )
+    return candidates & keep
+
+
+def _isolated_specks(score: np.ndarray) -> np.ndarray:
+    """Passing speck pixels (score > 1) of small components not crowded by other specks."""
+    passing = score > 1.0
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(
+        passing.astype(np.uint8), connectivity=8
+    )
+    if count <= 1:
+        return passing
+    extent = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    keep = extent <= _SPECK_MAX_EXTENT
+    # Crowding: the specks (half contrast included) whose centre lies in a window around each.
+    weak_count, _, _, weak_centroids = cv2.connectedComponentsWithStats(
+        (score > 0.5).astype(np.uint8), connectivity=8
+    )
+    height, width = score.shape
+
+    def cells(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ys = np.clip(np.rint(points[:, 1]).astype(int), 0, height - 1)
+        xs = np.clip(np.rint(points[:, 0]).astype(int), 0, width - 1)
+        return ys, xs
+
+    # Count with a summed-area table of centres on a 4 px grid: a box sum around each speck.
+    grid = 4
+    rows, cols = -(-height // grid), -(-width // grid)
+    centres = np.zeros((rows, cols), np.float32)
+    ys, xs = cells(weak_centroids[1:weak_count])
+    np.add.at(centres, (ys // grid, xs // grid), 1.0)
+    table = cv2.integral(centres, sdepth=cv2.CV_32F)
+    ys, xs = cells(centroids)
+    ys, xs, half = ys // grid, xs // grid, _SPECK_FIELD_WINDOW // (2 * grid)
+    top, bottom = np.clip(ys - half, 0, rows), np.clip(ys + half + 1, 0, rows)
+    left, right = np.clip(xs - half, 0, cols), np.clip(xs + half + 1, 0, cols)
+    crowd = table[bottom, right] - table[top, right] - table[bottom, left] + table[top, left]
+    keep &= crowd <= _SPECK_FIELD_MAX
     keep[0] = False
     return keep[labels]
 
 
-def damage_mask(pixels: np.ndarray) -> np.ndarray:
-    """(H, W) bool mask of thin scratches and dust specks, bright and dark, at full resolution.
+def _scaled(contrast: np.ndarray, floor: float) -> np.ndarray:
+    """float32 contrast / floor, in one pass."""
+    return np.multiply(contrast, np.float32(1.0 / floor), dtype=np.float32)
 
-    Morphological top-hat (bright marks) and black-hat (dark marks) of the luminance. A pixel
-    counts when its response clears the local level of the response, the noise, a minimum
-    contrast, and the edge strength of the mark-free background nearby (so rims and thin
-    lines along real edges stay out). Components must be thin (at most ~4 px wide) and
-    mostly passing; the mask is then dilated by one pixel. Tuned to mark well under 1% of a
-    clean photograph: whatever is marked gets inpainted.
+
+def _grow(seeds: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Seeds plus nearby pixels whose residual is a good share of the one at their seed."""
+    if not seeds.any():
+        return seeds
+    zone = cv2.dilate(seeds.astype(np.uint8), _disk(_GROW_RADIUS))
+    count, labels = cv2.connectedComponents(zone, connectivity=8)
+    peak = np.zeros(count, np.float32)
+    np.maximum.at(peak, labels[seeds], residual[seeds])
+    grown = (zone > 0) & (residual >= _GROW_SHARE * peak[labels]) & (residual > _GROW_FLOOR)
+    return grown | seeds
+
+
+def damage_mask(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) bool mask of dust specks, short hairs and scratches, bright or dark, any colour.
+
+    pixels: float32 (H, W, C), C in {1, 3}, values in [0, 1] (or (H, W)). Per colour channel,
+    on an 8-bit copy: specks are pixels whose 3x3 mean clears every pixel of a ring (radius 2,
+    4 or 6 px) by a contrast over both a minimum and a multiple of the channel's noise; lines
+    are short runs clearing both flanks (4 orientations) by a higher contrast, without an
+    opposite line of the same channel beside them. Lines must lie on a long path (or a short one
+    when very strong or in a smooth neighbourhood, where thresholds are also lower); specks must
+    be small and not crowded (texture). Seeds grow over their mark's top-hat / black-hat
+    residual and the mask is dilated by one pixel. Tuned to mark under ~0.3% of a clean
+    photograph: whatever is marked gets inpainted. About 2 s of CPU for 12 MP.
     """
-    lum = luminance(pixels)
-    element = cv2.getStructuringElement(cv2.MORPH_RECT, (_TOPHAT_SIZE, _TOPHAT_SIZE))
-    opened = cv2.morphologyEx(lum, cv2.MORPH_OPEN, element, borderType=cv2.BORDER_REFLECT)
-    closed = cv2.morphologyEx(lum, cv2.MORPH_CLOSE, element, borderType=cv2.BORDER_REFLECT)
-    # The background with thin marks of both polarities removed, and its edge strength.
-    background = cv2.morphologyEx(opened, cv2.MORPH_CLOSE, element, borderType=cv2.BORDER_REFLECT)
-    edges = cv2.morphologyEx(
-        background, cv2.MORPH_GRADIENT, np.ones((_EDGE_SIZE, _EDGE_SIZE), np.uint8)
-    )
-    noise = _fast_noise(lum)
-    mask = _marks(lum - opened, edges, noise) | _marks(closed - lum, edges, noise)
+    pixels = _check(pixels)
+    height, width, bands = pixels.shape
+    specks = np.zeros((height, width), np.float32)
+    lines = np.zeros((height, width), np.float32)
+    residual = np.zeros((height, width), np.float32)
+    for band in range(bands):
+        channel = np.ascontiguousarray(pixels[:, :, band], dtype=np.float32)
+        sigma = _noise_sigma(channel) * 255.0
+        u8 = cv2.convertScaleAbs(channel, alpha=255.0)  # rounded, saturated to 0..255
+        speck_floor = max(_SPECK_K_NOISE * sigma, 255.0 * _SPECK_MIN_CONTRAST)
+        cv2.max(specks, _scaled(_speck_contrast(u8), speck_floor), specks)
+        line_floor = max(_LINE_K_NOISE * sigma, 255.0 * _LINE_MIN_CONTRAST)
+        line_bright, line_dark = _lone_lines(*_line_contrast(u8))
+        cv2.max(lines, _scaled(cv2.max(line_bright, line_dark), line_floor), lines)
+        floor = max(_RESIDUAL_K_NOISE * sigma, 255.0 * _RESIDUAL_MIN)
+        cv2.max(residual, _scaled(_residual(u8), floor), residual)
+    above = (residual > _SMOOTH_RESIDUAL).view(np.uint8) * np.uint8(255)
+    busy = cv2.blur(above, (_SMOOTH_WINDOW, _SMOOTH_WINDOW), borderType=_REFLECT)
+    smooth = busy < round(255 * _SMOOTH_SHARE)
+    one = np.float32(1.0)
+    specks *= np.where(smooth, np.float32(1.0 / _SMOOTH_SPECK_FACTOR), one)
+    lines *= np.where(smooth, np.float32(1.0 / _SMOOTH_LINE_FACTOR), one)
+    seeds = _isolated_specks(specks) | _long_lines(lines, smooth)
+    mask = _grow(seeds, residual)
     if not mask.any():
         return mask
-    return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return cv2.dilate(mask.astype(np.uint8), _disk(1)).astype(bool)
 
 
 # --------------------------------------------------------------------------- faces
