@@ -111,6 +111,9 @@ def restore(
     ] = None,
     access_format: Annotated[str, typer.Option(help="jpeg, webp or none.")] = "jpeg",
     access_long_edge: Annotated[int, typer.Option(help="Long edge of access copies.")] = 2048,
+    pyramid: Annotated[
+        bool, typer.Option(help="Pyramidal preservation TIFF (for IIIF image servers).")
+    ] = False,
 ) -> None:
     """Restore every image under SOURCE into DEST and record each edit in the catalog."""
     from daguerre.config import parse_steps
@@ -162,6 +165,7 @@ def restore(
             models=models,
             access_format=access_format,
             access_long_edge=access_long_edge,
+            pyramid=pyramid,
         )
     except Exception as exc:
         err_console.print(f"daguerre: the run failed: {type(exc).__name__}: {exc}", markup=False)

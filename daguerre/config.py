@@ -54,6 +54,7 @@ class RestoreConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     upscale_below_long_edge: int = 512
     preservation_format: Literal["tiff"] = "tiff"
+    pyramid: bool = False  # pyramidal preservation TIFF, for IIIF image servers
     access_format: Literal["jpeg", "webp", "none"] = "jpeg"
     access_long_edge: int = 2048
     max_pixels: int = 500_000_000
@@ -90,6 +91,7 @@ class RestoreConfig(BaseModel):
             "scale": self.scale,
             "upscale_below_long_edge": self.upscale_below_long_edge,
             "preservation_format": self.preservation_format,
+            "pyramid": self.pyramid,
             "access_format": self.access_format,
             "access_long_edge": self.access_long_edge,
             "operators": dict(sorted(operators.items())),

@@ -1,8 +1,12 @@
 """The stage interface: one operator per pixel stage, classical or learned, chosen in one place.
 
-An operator is pure computation (numpy in, numpy out) plus the identity an audit needs:
-operator id, version, weights sha256, device. The Prefect tasks look operators up here and
-never special-case an algorithm or an architecture.
+An operator is pure computation plus the identity an audit needs (operator id, version,
+weights sha256, device). It never sees a whole huge image: `prepare(source, params, ctx)`
+may read global statistics from the source (a histogram, a downscaled view) and returns a
+`TileJob` (the operator's tile requirements and a function of one tile), which
+`daguerre.imaging.tiling` streams over the image. `apply(pixels, ...)` runs the same job on an
+in-memory image. The Prefect tasks look operators up here and never special-case an
+algorithm or an architecture.
 """
 
 from __future__ import annotations
@@ -17,15 +21,67 @@ import numpy as np
 
 from daguerre import __version__
 from daguerre.imaging import classical
+from daguerre.imaging.detect import analysis_view
+from daguerre.imaging.tiling import (
+    ArraySink,
+    ArraySource,
+    Region,
+    RegionSource,
+    Tile,
+    TileFn,
+    TileRequirements,
+    TileSink,
+    TileStats,
+    apply_tiled,
+    iter_blocks,
+)
+
+# Classical operators are cheap per pixel: big tiles keep the context overhead small.
+CLASSICAL_TILE = 2048
+LEARNED_TILE = 1024
+LEARNED_BLEND = 16
+# Long edge of the view a global-context operator (colorization) sees.
+COLORIZE_LONG_EDGE = 1024
+
+
+class MaskSource(Protocol):
+    """A damage mask readable by rectangle: (h, w) bool."""
+
+    def read_mask(self, x: int, y: int, w: int, h: int) -> np.ndarray: ...
+
+    def count(self) -> int: ...
+
+
+class ArrayMask:
+    """An in-memory (H, W) bool mask as a MaskSource."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = np.asarray(mask, dtype=bool)
+        if self.mask.ndim != 2:
+            raise ValueError(f"mask must be (H, W), got {self.mask.shape}")
+
+    def read_mask(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.mask[y : y + h, x : x + w]
+
+    def count(self) -> int:
+        return int(self.mask.sum())
 
 
 @dataclass
 class StageContext:
-    """What an operator may need beyond the pixels."""
+    """What an operator may need beyond the pixels.
+
+    damage_mask: (H, W) bool array or a MaskSource of the image's size.
+    """
 
     bit_depth: int = 8
-    damage_mask: np.ndarray | None = None
+    damage_mask: np.ndarray | MaskSource | None = None
     noise_sigma: float | None = None
+
+    def mask_source(self) -> MaskSource | None:
+        if self.damage_mask is None or hasattr(self.damage_mask, "read_mask"):
+            return self.damage_mask  # type: ignore[return-value]
+        return ArrayMask(np.asarray(self.damage_mask))
 
 
 @dataclass
@@ -35,12 +91,39 @@ class OperatorResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TileJob:
+    """What an operator runs over one image: its tile requirements and one tile's function.
+
+    fn(pixels, tile) gets float32 (h, w, C) in [0, 1] (a view it must not modify) and returns
+    (h * scale, w * scale, C') float32 in [0, 1].
+    """
+
+    requirements: TileRequirements
+    fn: TileFn
+    parameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OperatorRun:
+    """What running an operator over an image recorded (the pixels went to the sink)."""
+
+    parameters: dict[str, Any]
+    metrics: dict[str, Any]
+    stats: TileStats
+
+
 class Operator(Protocol):
     stage: str
     id: str
     version: str
     weights_sha256: str | None
     device: str
+
+    def prepare(
+        self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext
+    ) -> TileJob: ...
 
     def apply(
         self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext
@@ -52,23 +135,77 @@ def identity(op: Operator) -> str:
     return f"{op.id}@{op.version}" + (f"#{op.weights_sha256}" if op.weights_sha256 else "")
 
 
+def run_operator(
+    op: Operator,
+    source: RegionSource,
+    sink: TileSink,
+    params: Mapping[str, Any],
+    ctx: StageContext,
+    *,
+    tile: int | None = None,
+) -> OperatorRun:
+    """Stream `op` over `source` into `sink`, tile by tile; the one way stages run."""
+    job = op.prepare(source, params, ctx)
+    stats = apply_tiled(source, job.fn, job.requirements, sink, tile=tile)
+    metrics = {**job.metrics, "tiles": stats.tiles}
+    if stats.splits:
+        metrics["oom_splits"] = stats.splits
+        metrics["tile_limit"] = stats.tile_limit
+    return OperatorRun(job.parameters, metrics, stats)
+
+
+class _Tiled:
+    """`apply` for every operator: the streaming job on an in-memory image."""
+
+    def apply(
+        self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext
+    ) -> OperatorResult:
+        source = ArraySource(np.asarray(pixels, dtype=np.float32))
+        job = self.prepare(source, params, ctx)  # type: ignore[attr-defined]
+        scale = job.requirements.scale
+        sink = ArraySink(source.width * scale, source.height * scale)
+        apply_tiled(source, job.fn, job.requirements, sink)
+        return OperatorResult(sink.result(), job.parameters, job.metrics)
+
+
+def source_view(source: RegionSource, long_edge: int) -> np.ndarray:
+    """A downscaled (area) view of the source with the long edge at most long_edge."""
+    view = getattr(source, "view", None)
+    if view is not None:
+        return view(long_edge)
+    return analysis_view(source.read_region(0, 0, source.width, source.height), long_edge)
+
+
+# --------------------------------------------------------------------------- classical
+
+
 @dataclass
-class NlmDenoise:
+class NlmDenoise(_Tiled):
     stage: str = "denoise"
     id: str = "opencv.fastNlMeans"
     version: str = cv2.__version__
     weights_sha256: str | None = None
     device: str = "cpu"
 
-    def apply(self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext):
+    # A pixel's result depends on pixels within search/2 + template/2 of it.
+    requirements = TileRequirements(
+        context=classical.NLM_SEARCH_WINDOW // 2 + classical.NLM_TEMPLATE_WINDOW // 2 + 2,
+        tile=CLASSICAL_TILE,
+    )
+
+    def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
         sigma = float(params.get("sigma", ctx.noise_sigma or 0.0))
-        used = classical.nlm_parameters(sigma, ctx.bit_depth, channels=pixels.shape[2])
-        out = classical.nlm_denoise(pixels, sigma, bit_depth=ctx.bit_depth)
-        return OperatorResult(out, {"sigma": round(sigma, 3), **used})
+        used = classical.nlm_parameters(sigma, ctx.bit_depth, channels=source.bands)
+        bit_depth = ctx.bit_depth
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            return classical.nlm_denoise(pixels, sigma, bit_depth=bit_depth)
+
+        return TileJob(self.requirements, fn, {"sigma": round(sigma, 3), **used})
 
 
 @dataclass
-class TeleaInpaint:
+class TeleaInpaint(_Tiled):
     stage: str = "inpaint"
     id: str = "opencv.inpaint-telea"
     version: str = cv2.__version__
@@ -76,47 +213,97 @@ class TeleaInpaint:
     device: str = "cpu"
     radius: int = 3
 
-    def apply(self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext):
-        if ctx.damage_mask is None:
+    def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
+        mask = ctx.mask_source()
+        if mask is None:
             raise ValueError("inpainting needs a damage mask")
         radius = int(params.get("radius", self.radius))
-        out = classical.telea_inpaint(pixels, ctx.damage_mask, radius=radius)
-        return OperatorResult(
-            out,
-            {"radius": radius},
-            {"masked_pixels": int(ctx.damage_mask.sum())},
-        )
+        # Fast marching fills thin marks from their rims: what a filled pixel depends on lies
+        # within a few radii (our damage masks hold marks a few pixels wide).
+        req = TileRequirements(context=max(32, 8 * radius), tile=CLASSICAL_TILE)
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            m = mask.read_mask(*_xywh(tile.read))
+            if not m.any():
+                return pixels
+            return classical.telea_inpaint(pixels, m, radius=radius)
+
+        return TileJob(req, fn, {"radius": radius}, {"masked_pixels": int(mask.count())})
 
 
 @dataclass
-class AutoTone:
+class AutoTone(_Tiled):
     stage: str = "tone"
     id: str = "daguerre.auto-tone"
     version: str = __version__
     weights_sha256: str | None = None
     device: str = "cpu"
 
-    def apply(self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext):
-        used = classical.auto_tone_parameters(pixels)
-        out = classical.auto_tone(pixels)
-        return OperatorResult(out, used)
+    def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
+        low_pct = float(params.get("low_pct", 0.5))
+        high_pct = float(params.get("high_pct", 99.5))
+        # Percentiles over every pixel at full resolution, from a streamed 16-bit histogram.
+        hist = np.zeros(classical.TONE_BINS, np.int64)
+        for _, block in iter_blocks(source, CLASSICAL_TILE):
+            hist += classical.luminance_histogram(block)
+        levels = classical.tone_levels_from_histogram(hist, low_pct, high_pct)
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            return classical.apply_levels(pixels, levels)
+
+        # Pointwise: no context, no blend.
+        return TileJob(TileRequirements(blend=0, tile=CLASSICAL_TILE), fn, levels)
 
 
 @dataclass
-class LanczosUpscale:
+class LanczosUpscale(_Tiled):
     stage: str = "upscale"
     id: str = "opencv.resize-lanczos4"
     version: str = cv2.__version__
     weights_sha256: str | None = None
     device: str = "cpu"
 
-    def apply(self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext):
+    def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
         scale = int(params["scale"])
-        return OperatorResult(classical.lanczos_upscale(pixels, scale), {"scale": scale})
+        # Lanczos-4 reads 4 input px on each side of an output pixel's position.
+        req = TileRequirements(context=6, scale=scale, tile=max(256, CLASSICAL_TILE // scale))
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            return classical.lanczos_upscale(pixels, scale)
+
+        return TileJob(req, fn, {"scale": scale})
+
+
+# --------------------------------------------------------------------------- learned
+
+
+def model_requirements(model: Any, tile: int | None = None) -> TileRequirements:
+    """Tile requirements of a LoadedModel, read from its descriptor's facts."""
+    if tile is None:
+        tile = LEARNED_TILE * (2 if model.tiling == "discouraged" else 1)
+    return TileRequirements(
+        context=int(model.receptive_overlap),
+        blend=LEARNED_BLEND,
+        multiple_of=int(model.size_requirements.multiple_of),
+        minimum=max(1, int(model.size_requirements.minimum)),
+        scale=int(model.scale),
+        tile=tile,
+        whole=model.tiling == "internal",
+    )
+
+
+def _noise_estimate(source: RegionSource) -> float:
+    """One noise level for the whole image (so every tile uses the same), from its centre."""
+    from daguerre.models.inference import estimate_noise_sigma
+
+    side = 2048
+    w, h = min(side, source.width), min(side, source.height)
+    x, y = (source.width - w) // 2, (source.height - h) // 2
+    return estimate_noise_sigma(source.read_region(x, y, w, h))
 
 
 @dataclass
-class LearnedOperator:
+class LearnedOperator(_Tiled):
     """A model from the registry or brought by the user, behind the same interface."""
 
     stage: str
@@ -132,24 +319,78 @@ class LearnedOperator:
         self.weights_sha256 = self.model.weights_sha256
         self.device = str(self.model.device)
 
-    def apply(self, pixels: np.ndarray, params: Mapping[str, Any], ctx: StageContext):
-        from daguerre.models.inference import run_tiled
-
-        used: dict[str, Any] = {"architecture": self.model.architecture}
+    def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
+        model = self.model
+        used: dict[str, Any] = {"architecture": model.architecture}
         sigma = None
-        if self.model.takes_noise_level:
-            # None lets the model estimate the level itself; 0 would mean "no noise".
+        if model.takes_noise_level:
             level = params.get("sigma", ctx.noise_sigma)
-            sigma = float(level) if level is not None else None
-            used["sigma"] = round(sigma, 3) if sigma is not None else "estimated"
+            if level is None:
+                sigma = _noise_estimate(source)
+                used["sigma"] = "estimated"
+                used["estimated_sigma"] = round(sigma, 3)
+            else:
+                sigma = float(level)
+                used["sigma"] = round(sigma, 3)
         if self.stage == "upscale":
-            used["scale"] = self.model.scale
-        mask = ctx.damage_mask if self.stage == "inpaint" else None
-        out = run_tiled(self.model, pixels, noise_sigma=sigma, mask=mask)
-        if self.stage == "inpaint" and ctx.damage_mask is not None:
-            # Only masked pixels may change.
-            out = np.where(ctx.damage_mask[..., None], out, pixels).astype(np.float32)
-        return OperatorResult(out, used)
+            used["scale"] = model.scale
+        if self.stage == "colorize":
+            return self._colorize(source, used)
+        mask = ctx.mask_source() if self.stage == "inpaint" else None
+        if self.stage == "inpaint" and mask is None:
+            raise ValueError("inpainting needs a damage mask")
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            m = mask.read_mask(*_xywh(tile.read)) if mask is not None else None
+            if m is not None and not m.any():
+                return pixels
+            out = model.run(pixels, noise_sigma=sigma, mask=m)
+            if m is not None:  # only masked pixels may change
+                out = np.where(m[..., None], out, pixels).astype(np.float32)
+            return out
+
+        metrics = {"masked_pixels": int(mask.count())} if mask is not None else {}
+        return TileJob(model_requirements(model), fn, used, metrics)
+
+    def _colorize(self, source: RegionSource, used: dict[str, Any]) -> TileJob:
+        """Colorize a downscaled view, then put its chroma on the full-resolution lightness."""
+        view = source_view(source, COLORIZE_LONG_EDGE)
+        coloured = self.model.run(view)
+        if coloured.shape[2] != 3:
+            raise ValueError(f"{self.id} returned {coloured.shape[2]} channels, not 3")
+        chroma = ChromaTransfer(coloured, source.width, source.height)
+        used["view"] = [int(view.shape[1]), int(view.shape[0])]
+        return TileJob(TileRequirements(blend=0, tile=CLASSICAL_TILE), chroma.apply, used)
+
+
+class ChromaTransfer:
+    """Chroma (CIELAB a*, b*) of a small colour view laid on full-resolution lightness.
+
+    The view's a*/b* planes are sampled bilinearly at each full-resolution pixel's position
+    (pixel centres aligned), so any tile gets exactly what the whole image would.
+    """
+
+    def __init__(self, coloured_view: np.ndarray, width: int, height: int) -> None:
+        lab = cv2.cvtColor(np.ascontiguousarray(coloured_view, np.float32), cv2.COLOR_RGB2Lab)
+        self.ab = np.ascontiguousarray(lab[:, :, 1:])
+        self.fx = coloured_view.shape[1] / width
+        self.fy = coloured_view.shape[0] / height
+
+    def apply(self, pixels: np.ndarray, tile: Tile) -> np.ndarray:
+        region: Region = tile.read
+        grey = pixels.mean(axis=2) if pixels.shape[2] == 3 else pixels[:, :, 0]
+        rgb_grey = np.repeat(np.clip(grey, 0.0, 1.0)[:, :, None], 3, axis=2).astype(np.float32)
+        lightness = cv2.cvtColor(rgb_grey, cv2.COLOR_RGB2Lab)[:, :, 0]
+        xs = ((np.arange(region.width) + region.x + 0.5) * self.fx - 0.5).astype(np.float32)
+        ys = ((np.arange(region.height) + region.y + 0.5) * self.fy - 0.5).astype(np.float32)
+        map_x, map_y = np.meshgrid(xs, ys)
+        ab = cv2.remap(self.ab, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        lab = np.dstack([lightness, ab]).astype(np.float32)
+        return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
+
+
+def _xywh(r: Region) -> tuple[int, int, int, int]:
+    return r.x, r.y, r.width, r.height
 
 
 CLASSICAL: dict[str, type] = {
@@ -190,11 +431,13 @@ def _make_operator(stage: str, user_spec: str | None, device: str) -> Operator |
 
         spec = parse_model_spec(f"{task_name}={user_spec}")
         return LearnedOperator(stage, load_user_model(spec.task, spec.source, spec.sha256, device))
-    from daguerre.models.loading import load_model
     from daguerre.models.registry import TASKS, default_for
 
     default = default_for(task_name) if task_name in TASKS else None
     if default is not None:
+        # Only now: torch costs ~0.5 GB of memory, classical stages need none of it.
+        from daguerre.models.loading import load_model
+
         return LearnedOperator(stage, load_model(default, device=device))
     cls = CLASSICAL.get(stage)
     return cls() if cls is not None else None

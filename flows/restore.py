@@ -95,6 +95,7 @@ def restore_collection(
     models: dict[str, str] | None = None,
     access_format: str = "jpeg",
     access_long_edge: int = 2048,
+    pyramid: bool = False,
     upscale_below_long_edge: int = 512,
 ) -> RunReport:
     """Restore every image under SOURCE into DEST and record what was done in the catalog."""
@@ -107,6 +108,7 @@ def restore_collection(
         "models": models or {},
         "access_format": access_format,
         "access_long_edge": access_long_edge,
+        "pyramid": pyramid,
         "upscale_below_long_edge": upscale_below_long_edge,
     }
     if catalog_url:

@@ -6,12 +6,16 @@ computation lives in `daguerre.imaging` and `daguerre.operators`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
@@ -19,20 +23,35 @@ from pydantic import BaseModel
 from daguerre import __version__
 from daguerre.config import RestoreConfig
 from daguerre.imaging import io as imgio
-from daguerre.imaging.classical import resize_alpha
-from daguerre.imaging.detect import detect
+from daguerre.imaging.large import (
+    TiffSink,
+    access_pixels,
+    detect_source,
+    preservation_image,
+    probe_file,
+    sniff_file,
+    write_mask_png,
+    write_preservation,
+)
 from daguerre.imaging.plan import PlanOptions, plan_restoration, plan_to_json
-from daguerre.operators import StageContext, resolve_operators
+from daguerre.operators import StageContext, resolve_operators, run_operator
 from daguerre.records import AssetFacts, DerivativeFacts, ImageRef, StepFacts, StepStatus
 from daguerre.tasks.io import (
+    SCRATCH_ENV,
     derivative_key,
     dest_storage,
-    read_master,
-    read_pixels,
+    local_path,
+    open_mask,
+    open_pixels,
+    opened_master,
+    put_work_file,
+    scratch,
     sha256_bytes,
+    sha256_file,
     source_storage,
+    split_page,
+    work_file,
     work_prefix,
-    write_pixels,
 )
 
 # File extensions that claim to be images: such a file that does not decode is a failure to
@@ -66,6 +85,9 @@ class DetectOutcome(BaseModel):
     mask: ImageRef | None = None
     bit_depth: int = 8
     noise_sigma: float | None = None
+    # Sample format of the intermediates: 16-bit integers, exact for 8- and 16-bit sources;
+    # float masters (rare in archives) get a 16-bit derivative anyway.
+    work_format: str = "ushort"
 
 
 class StageOutcome(BaseModel):
@@ -92,6 +114,12 @@ def list_masters(source: str) -> list[str]:
     return [obj.key for obj in source_storage(source).list()]
 
 
+@contextlib.contextmanager
+def _temporary_folder() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="inspect-", dir=os.environ.get(SCRATCH_ENV)) as d:
+        yield Path(d)
+
+
 @task(
     name="inspect-master",
     retries=2,
@@ -100,29 +128,31 @@ def list_masters(source: str) -> list[str]:
     task_run_name="inspect {key}",
 )
 def inspect_master(source: str, key: str) -> AssetFacts | None:
-    """Hash a master and read its header. None for a file that is not an image at all.
+    """Hash a master (streamed) and read its header. None for a file that is not an image.
 
     A file named like an image that is not one comes back with `error` set, so it is recorded.
     """
     storage = source_storage(source)
-    data = storage.read_bytes(key)
-    facts = AssetFacts(
-        source_uri=storage.uri_for(key),
-        relative_path=key,
-        sha256=sha256_bytes(data),
-        bytes=len(data),
-    )
-    if not data:
-        return facts.model_copy(update={"error": "empty file (0 bytes)"})
-    fmt = imgio.sniff_format(data)
-    if fmt is None:
-        if not _is_image_name(key):
-            return None  # a sidecar, a README...: not ours to judge
-        return facts.model_copy(update={"error": "not a recognised image format"})
-    try:
-        info = imgio.probe(data)
-    except imgio.ImageDecodeError as exc:
-        return facts.model_copy(update={"format": fmt, "error": str(exc)})
+    with _temporary_folder() as folder:
+        path = local_path(storage, key) or storage.download_to(key, folder / "master")
+        size = path.stat().st_size
+        facts = AssetFacts(
+            source_uri=storage.uri_for(key),
+            relative_path=key,
+            sha256=sha256_file(path),
+            bytes=size,
+        )
+        if not size:
+            return facts.model_copy(update={"error": "empty file (0 bytes)"})
+        fmt = sniff_file(path)
+        if fmt is None:
+            if not _is_image_name(key):
+                return None  # a sidecar, a README...: not ours to judge
+            return facts.model_copy(update={"error": "not a recognised image format"})
+        try:
+            info = probe_file(path)
+        except imgio.ImageDecodeError as exc:
+            return facts.model_copy(update={"format": fmt, "error": str(exc)})
     return facts.model_copy(
         update={
             "format": info.format,
@@ -149,50 +179,65 @@ def plan_options(cfg: RestoreConfig, colorizer_available: bool) -> PlanOptions:
 
 @task(name="detect", cache_policy=NO_CACHE, task_run_name="detect {asset.relative_path}")
 def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOutcome:
-    """Decode the master, measure it, and decide which stages it needs (the plan)."""
+    """Open the master lazily, measure it, and decide which stages it needs (the plan).
+
+    Statistics come from a downscaled view; the damage mask is computed tile by tile at full
+    resolution and stored in the work area as a tiled 8-bit TIFF.
+    """
     started, t0 = _now(), time.perf_counter()
-    decoded = imgio.decode(read_master(cfg.source, asset), max_pixels=cfg.max_pixels)
-    detection = detect(decoded.pixels, decoded.info)
+    prefix = work_prefix(run_id, asset.sha256)
+    with (
+        scratch(cfg.dest) as folder,
+        opened_master(cfg.source, asset, folder, cfg.max_pixels) as master,
+    ):
+        sink = TiffSink(folder / "mask-cells", "uchar")
+        detection, stats = detect_source(master.source(), master.info, sink)
+        mask_ref = None
+        if detection.damage_coverage > 0:
+            path = sink.finish(folder / "damage-mask.tif")
+            key = f"{prefix}/damage-mask.tif"
+            mask_ref = put_work_file(cfg.dest, key, path, detection.width, detection.height)
+        else:
+            sink.discard()
+        info = master.info
     operators = resolve_operators(cfg.steps, cfg.models, cfg.device)
     plan = plan_restoration(detection, plan_options(cfg, operators.get("colorize") is not None))
-    mask_ref = None
-    if detection.damage_coverage > 0:
-        png = imgio.encode_mask_png(detection.damage_mask)
-        key = f"{work_prefix(run_id, asset.sha256)}/damage-mask.png"
-        storage = dest_storage(cfg.dest)
-        storage.write_bytes(key, png)
-        mask_ref = ImageRef(
-            uri=storage.uri_for(key),
-            sha256=sha256_bytes(png),
-            width=detection.width,
-            height=detection.height,
-        )
+    metrics = detection.to_metrics()
+    metrics["mask_tiles"] = stats.tiles if stats else 0
+    note = None
+    if info.pages > 1:
+        _, page = split_page(asset.relative_path)
+        metrics["pages"] = info.pages
+        metrics["page"] = page
+        note = f"multi-page file: page {page + 1} of {info.pages} restored as this asset"
     step = StepFacts(
         stage="detect",
         order=0,
         status=StepStatus.APPLIED,
+        reason=note,
         operator=DETECT_OPERATOR,
         operator_version=__version__,
-        parameters={"damage": "classical top-hat/black-hat", "faces": "opencv haar frontalface"},
+        parameters={
+            "damage": "classical top-hat/black-hat, tiled at full resolution",
+            "statistics": "downscaled view",
+            "faces": "opencv haar frontalface",
+        },
         device="cpu",
         duration_s=round(time.perf_counter() - t0, 4),
         input_sha256=asset.sha256,
         output_sha256=mask_ref.sha256 if mask_ref else None,
-        metrics=detection.to_metrics(),
+        metrics=metrics,
         started_at=started,
     )
     master_ref = ImageRef(
-        uri=asset.source_uri,
-        sha256=asset.sha256,
-        width=decoded.info.width,
-        height=decoded.info.height,
+        uri=asset.source_uri, sha256=asset.sha256, width=info.width, height=info.height
     )
     return DetectOutcome(
         step=step,
         plan=plan_to_json(plan),
         current=master_ref,
         mask=mask_ref,
-        bit_depth=decoded.info.bit_depth,
+        bit_depth=info.bit_depth,
         noise_sigma=detection.noise_sigma,
     )
 
@@ -207,7 +252,11 @@ def pixel_stage(
     detected: DetectOutcome,
     previous: DetectOutcome | StageOutcome,
 ) -> StageOutcome:
-    """Run one pixel stage (denoise, inpaint, tone, upscale, colorize) or record why not."""
+    """Run one pixel stage (denoise, inpaint, tone, upscale, colorize) or record why not.
+
+    The input is read lazily tile by tile; the output is streamed into a tiled TIFF in the
+    work area. Memory is bounded by the tiles in flight, whatever the image size.
+    """
     decision = detected.plan[stage]
     current = previous.current
     if not decision["run"]:
@@ -226,13 +275,23 @@ def pixel_stage(
         return StageOutcome(step=step, current=current)
 
     started, t0 = _now(), time.perf_counter()
-    pixels = read_pixels(cfg.source, cfg.dest, current, asset, cfg.max_pixels)
-    ctx = StageContext(bit_depth=detected.bit_depth, noise_sigma=detected.noise_sigma)
-    if stage == "inpaint":
-        ctx.damage_mask = _read_mask(cfg.dest, detected.mask)
-    result = operator.apply(pixels, decision.get("params", {}), ctx)
-    key = f"{work_prefix(run_id, asset.sha256)}/{order}-{stage}.npy"
-    out_ref = write_pixels(cfg.dest, key, result.pixels)
+    with scratch(cfg.dest) as folder, contextlib.ExitStack() as stack:
+        source = stack.enter_context(
+            open_pixels(cfg.source, cfg.dest, current, asset, folder, cfg.max_pixels)
+        )
+        ctx = StageContext(bit_depth=detected.bit_depth, noise_sigma=detected.noise_sigma)
+        if stage == "inpaint":
+            if detected.mask is None:
+                raise ValueError("the plan asks for inpainting but detection stored no mask")
+            ctx.damage_mask = stack.enter_context(open_mask(cfg.dest, detected.mask, folder))
+        sink = TiffSink(folder / "cells", detected.work_format)
+        try:
+            run = run_operator(operator, source, sink, decision.get("params", {}), ctx)
+            path = sink.finish(folder / f"{order}-{stage}.tif")
+        finally:
+            sink.discard()
+        key = f"{work_prefix(run_id, asset.sha256)}/{order}-{stage}.tif"
+        out_ref = put_work_file(cfg.dest, key, path, sink.width, sink.height)
     step = StepFacts(
         stage=stage,
         order=order,
@@ -241,25 +300,15 @@ def pixel_stage(
         operator=operator.id,
         operator_version=operator.version,
         weights_sha256=operator.weights_sha256,
-        parameters=result.parameters,
+        parameters=run.parameters,
         device=operator.device,
         duration_s=round(time.perf_counter() - t0, 4),
         input_sha256=current.sha256,
         output_sha256=out_ref.sha256,
-        metrics=result.metrics,
+        metrics=run.metrics,
         started_at=started,
     )
     return StageOutcome(step=step, current=out_ref)
-
-
-def _read_mask(dest: str, ref: ImageRef | None) -> np.ndarray:
-    if ref is None:
-        raise ValueError("the plan asks for inpainting but detection stored no damage mask")
-    storage = dest_storage(dest)
-    key = storage.key_for(ref.uri)
-    assert key is not None
-    decoded = imgio.decode(storage.read_bytes(key))
-    return decoded.pixels[..., 0] > 0.5
 
 
 @task(
@@ -277,68 +326,93 @@ def store_stage(
     detected: DetectOutcome,
     final: StageOutcome,
 ) -> StoreOutcome:
-    """Write the derivatives next to (never over) the master's mirrored path, atomically."""
-    started, t0 = _now(), time.perf_counter()
-    master = imgio.decode(read_master(cfg.source, asset), max_pixels=cfg.max_pixels)
-    pixels = read_pixels(cfg.source, cfg.dest, final.current, asset, cfg.max_pixels)
-    height, width = pixels.shape[:2]
-    alpha = master.alpha
-    if alpha is not None and alpha.shape != (height, width):
-        alpha = resize_alpha(alpha, (height, width))
-    scale = width / master.info.width
-    ppi = master.info.ppi * scale if master.info.ppi else None
-    bit_depth = 16 if master.info.bit_depth >= 16 else 8
+    """Write the derivatives next to (never over) the master's mirrored path, atomically.
 
+    Preservation: tiled deflate TIFF at the source bit depth with the master's alpha
+    (resampled), ICC profile, resolution (scaled by the upscale factor), EXIF, XMP and IPTC;
+    optionally pyramidal. Access: JPEG or WebP, sRGB, long edge at most access_long_edge.
+    """
+    started, t0 = _now(), time.perf_counter()
     storage = dest_storage(cfg.dest)
     derivatives: list[DerivativeFacts] = []
+    pyramid = cfg.pyramid
 
-    def put(kind: str, suffix: str, fmt: str, data: bytes, w: int, h: int) -> DerivativeFacts:
-        key = derivative_key(asset.relative_path, suffix)
-        uri = storage.write_bytes(key, data)
+    def put_file(kind: str, suffix: str, fmt: str, path: Path, w: int, h: int) -> DerivativeFacts:
         facts = DerivativeFacts(
-            uri=uri,
+            uri=storage.write_file(derivative_key(asset.relative_path, suffix), path),
             kind=kind,
-            sha256=sha256_bytes(data),
+            sha256=sha256_file(path),
             format=fmt,
-            bytes=len(data),
+            bytes=path.stat().st_size,
             width=w,
             height=h,
         )
         derivatives.append(facts)
         return facts
 
-    tiff = imgio.encode_tiff(
-        pixels,
-        bit_depth=bit_depth,
-        alpha=alpha,
-        icc_profile=master.icc_profile,
-        ppi=ppi,
-    )
-    preservation = put("preservation", "restored.tif", "tiff", tiff, width, height)
-    if cfg.access_format != "none":
-        access = imgio.encode_access(
-            pixels,
-            alpha=alpha,
-            long_edge=cfg.access_long_edge,
-            fmt=cfg.access_format,
-            icc_profile=master.icc_profile,
+    with (
+        scratch(cfg.dest) as folder,
+        opened_master(cfg.source, asset, folder, cfg.max_pixels) as master,
+        contextlib.ExitStack() as stack,
+    ):
+        if final.current.uri == asset.source_uri:
+            colour = master.colour
+        else:
+            colour = stack.enter_context(
+                open_pixels(cfg.source, cfg.dest, final.current, asset, folder, cfg.max_pixels)
+            ).image
+        width, height = colour.width, colour.height
+        scale = width / master.info.width
+        ppi = master.info.ppi * scale if master.info.ppi else None
+        bit_depth = 16 if master.info.bit_depth >= 16 else 8
+        # A colorized grey master has no profile for its new colour pixels (sRGB assumed).
+        icc = master.icc_profile if colour.bands == master.colour.bands else None
+        image = preservation_image(
+            colour,
+            bit_depth=bit_depth,
+            alpha=master.alpha,
+            icc_profile=icc,
+            ppi=ppi,
+            metadata=master.metadata,
         )
-        ext = "jpg" if cfg.access_format == "jpeg" else "webp"
-        long_edge = max(width, height)
-        shrink = min(1.0, cfg.access_long_edge / long_edge)
-        put(
-            "access",
-            f"access.{ext}",
-            cfg.access_format,
-            access,
-            round(width * shrink),
-            round(height * shrink),
+        tiff = write_preservation(
+            image,
+            folder / "preservation.tif",
+            pyramid=pyramid,
+            exif=master.metadata.get("exif-data"),
         )
-    if detected.mask is not None:
-        mask_png = dest_storage(cfg.dest).read_bytes(storage.key_for(detected.mask.uri) or "")
-        put(
-            "damage-mask", "damage-mask.png", "png", mask_png, master.info.width, master.info.height
-        )
+        preservation = put_file("preservation", "restored.tif", "tiff", tiff, width, height)
+        if cfg.access_format != "none":
+            pixels, alpha = access_pixels(colour, master.alpha, cfg.access_long_edge)
+            data = imgio.encode_access(
+                pixels,
+                alpha=alpha,
+                long_edge=None,
+                fmt=cfg.access_format,
+                icc_profile=icc,
+            )
+            ext = "jpg" if cfg.access_format == "jpeg" else "webp"
+            access = folder / f"access.{ext}"
+            access.write_bytes(data)
+            put_file(
+                "access",
+                f"access.{ext}",
+                cfg.access_format,
+                access,
+                pixels.shape[1],
+                pixels.shape[0],
+            )
+        if detected.mask is not None:
+            with work_file(cfg.dest, detected.mask, folder) as mask_tiff:
+                png = write_mask_png(mask_tiff, folder / "damage-mask.png")
+            put_file(
+                "damage-mask",
+                "damage-mask.png",
+                "png",
+                png,
+                master.info.width,
+                master.info.height,
+            )
 
     step = StepFacts(
         stage="store",
@@ -347,9 +421,10 @@ def store_stage(
         operator="daguerre.store",
         operator_version=__version__,
         parameters={
-            "preservation": "tiff/deflate/tiled",
+            "preservation": "tiff/deflate/tiled" + ("/pyramid" if pyramid else ""),
             "bit_depth": bit_depth,
-            "icc_profile": bool(master.icc_profile),
+            "icc_profile": bool(icc),
+            "metadata": sorted(master.metadata),
             "access_format": cfg.access_format,
             "access_long_edge": cfg.access_long_edge,
         },

@@ -153,7 +153,7 @@ def lanczos_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
         interpolation=cv2.INTER_LANCZOS4,
     )
     out = out.reshape(height * scale, width * scale, channels)
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def resize_alpha(alpha: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
@@ -177,14 +177,13 @@ _TONE_FULL_EPS = 0.02
 _TONE_MAX_GAIN = 4.0
 
 
-def auto_tone_parameters(
-    pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5
-) -> dict[str, Any]:
-    """The levels auto_tone would apply: luminance percentiles, gain and whether it applies."""
-    pixels = _check(pixels)
+def _check_percentiles(low_pct: float, high_pct: float) -> None:
     if not 0.0 <= low_pct < high_pct <= 100.0:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
-    low, high = (float(v) for v in np.percentile(luminance(pixels), [low_pct, high_pct]))
+
+
+def tone_levels(low: float, high: float, low_pct: float = 0.5, high_pct: float = 99.5) -> dict:
+    """The levels stretch for luminance percentiles low/high (values in [0, 1])."""
     span = high - low
     full = low <= _TONE_FULL_EPS and high >= 1.0 - _TONE_FULL_EPS
     applied = not full and span > 1e-3
@@ -193,11 +192,30 @@ def auto_tone_parameters(
         "operator": "daguerre.auto_tone",
         "low_pct": low_pct,
         "high_pct": high_pct,
-        "low": round(low, 6),
-        "high": round(high, 6),
+        "low": round(float(low), 6),
+        "high": round(float(high), 6),
         "gain": round(gain, 6),
         "applied": applied,
     }
+
+
+def auto_tone_parameters(
+    pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5
+) -> dict[str, Any]:
+    """The levels auto_tone would apply: luminance percentiles, gain and whether it applies."""
+    pixels = _check(pixels)
+    _check_percentiles(low_pct, high_pct)
+    low, high = (float(v) for v in np.percentile(luminance(pixels), [low_pct, high_pct]))
+    return tone_levels(low, high, low_pct, high_pct)
+
+
+def apply_levels(pixels: np.ndarray, levels: dict[str, Any]) -> np.ndarray:
+    """out = (in - low) * gain on every channel, clipped; a copy when levels do not apply."""
+    pixels = _check(pixels)
+    if not levels["applied"]:
+        return pixels.astype(np.float32, copy=True)
+    out = (pixels.astype(np.float32) - np.float32(levels["low"])) * np.float32(levels["gain"])
+    return np.clip(out, 0.0, 1.0)
 
 
 def auto_tone(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
@@ -207,9 +225,54 @@ def auto_tone(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) 
     low/high are the luminance percentiles, gain = 1 / (high - low) capped at 4. A no-op
     (copy) when the luminance already spans black to white.
     """
-    pixels = _check(pixels)
-    params = auto_tone_parameters(pixels, low_pct, high_pct)
-    if not params["applied"]:
-        return pixels.astype(np.float32, copy=True)
-    out = (pixels.astype(np.float32) - np.float32(params["low"])) * np.float32(params["gain"])
-    return np.clip(out, 0.0, 1.0)
+    return apply_levels(pixels, auto_tone_parameters(pixels, low_pct, high_pct))
+
+
+# Luminance histogram resolution of the streaming percentiles: 16-bit levels.
+TONE_BINS = 65536
+
+
+def luminance_histogram(pixels: np.ndarray, bins: int = TONE_BINS) -> np.ndarray:
+    """Counts of the luminance of (H, W, C) pixels in `bins` equal bins over [0, 1] (int64).
+
+    Histograms of the blocks of an image add up to the histogram of the image, so
+    percentiles can be taken over an image too large to hold.
+    """
+    lum = luminance(_check(pixels)).ravel()
+    index = np.clip((lum * bins).astype(np.int64), 0, bins - 1)
+    return np.bincount(index, minlength=bins)
+
+
+def histogram_percentiles(hist: np.ndarray, percents: list[float]) -> list[float]:
+    """Percentiles (numpy's linear method) of the values a histogram counts, in [0, 1].
+
+    Values are taken spread evenly inside their bin, so the error is below one bin width.
+    """
+    hist = np.asarray(hist, np.int64)
+    total = int(hist.sum())
+    if total == 0:
+        raise ValueError("empty histogram")
+    bins = hist.size
+    cumulative = np.cumsum(hist)
+
+    def value(rank: int) -> float:  # the rank-th smallest value (0-based)
+        b = int(np.searchsorted(cumulative, rank, side="right"))
+        before = int(cumulative[b - 1]) if b else 0
+        return (b + (rank - before + 0.5) / int(hist[b])) / bins
+
+    out = []
+    for p in percents:
+        position = p / 100.0 * (total - 1)
+        lo = math.floor(position)
+        hi = min(lo + 1, total - 1)
+        out.append(value(lo) + (value(hi) - value(lo)) * (position - lo))
+    return out
+
+
+def tone_levels_from_histogram(
+    hist: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5
+) -> dict[str, Any]:
+    """The auto_tone levels from a luminance histogram (see luminance_histogram)."""
+    _check_percentiles(low_pct, high_pct)
+    low, high = histogram_percentiles(hist, [low_pct, high_pct])
+    return tone_levels(low, high, low_pct, high_pct)

@@ -265,16 +265,20 @@ def _vips_info(image: pyvips.Image, fmt: str) -> ImageInfo:
     )
 
 
-def _vips_pixels(
+def vips_colour(
     image: pyvips.Image, info: ImageInfo
-) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
-    """Convert a vips image to (pixels, alpha, icc of pixels); reads every pixel."""
+) -> tuple[pyvips.Image, pyvips.Image | None, bytes | None]:
+    """Lazily: (colour image in grey/RGB, alpha band or None, ICC profile of the colour image).
+
+    EXIF orientation is applied; CMYK goes to sRGB through its profile (the embedded one, else
+    libvips' built-in CMYK profile), Lab and friends to RGB, odd multiband keeps what can be
+    shown. No pixel is read.
+    """
     image = image.autorot()
     alpha_img = image[image.bands - 1] if info.has_alpha else None
     colour = image.extract_band(0, n=info.bands) if info.has_alpha else image
     icc = info.icc_profile
     if info.colour_space == "cmyk":
-        # The embedded profile when there is one, else libvips' built-in CMYK profile.
         colour = colour.icc_transform(
             "srgb", input_profile="cmyk", embedded=True, depth=16 if info.bit_depth > 8 else 8
         )
@@ -285,18 +289,30 @@ def _vips_pixels(
         icc = None
     elif info.bands == 2 or info.bands > 3:  # odd multiband: keep what we can show
         colour = colour[0] if info.bands == 2 else colour.extract_band(0, n=3)
-    band_format = str(colour.format)
-    pixels = _scale_to_unit(colour.numpy(), band_format)
+    return colour, alpha_img, icc
+
+
+def sample_max(band_format: str) -> float:
+    """The value that means 1.0 for a vips band format (1.0 for float formats)."""
+    return _INTEGER_MAX.get(band_format, 1.0)
+
+
+def _vips_pixels(
+    image: pyvips.Image, info: ImageInfo
+) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+    """Convert a vips image to (pixels, alpha, icc of pixels); reads every pixel."""
+    colour, alpha_img, icc = vips_colour(image, info)
+    pixels = scale_to_unit(colour.numpy(), str(colour.format))
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     alpha = None
     if alpha_img is not None:
-        alpha = _scale_to_unit(alpha_img.numpy(), str(alpha_img.format))
+        alpha = scale_to_unit(alpha_img.numpy(), str(alpha_img.format))
         alpha = alpha.reshape(alpha.shape[:2])
     return pixels, alpha, icc
 
 
-def _scale_to_unit(array: np.ndarray, band_format: str) -> np.ndarray:
+def scale_to_unit(array: np.ndarray, band_format: str) -> np.ndarray:
     top = _INTEGER_MAX.get(band_format)
     out = array.astype(np.float32)
     if top is not None:
@@ -373,7 +389,7 @@ def _cv2_pixels(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     band_format = {np.dtype(np.uint8): "uchar", np.dtype(np.uint16): "ushort"}.get(
         array.dtype, "float"
     )
-    unit = _scale_to_unit(array, band_format)
+    unit = scale_to_unit(array, band_format)
     channels = unit.shape[2]
     alpha = unit[:, :, -1].copy() if channels in (2, 4) else None
     if channels >= 3:  # OpenCV is BGR(A)
@@ -381,6 +397,18 @@ def _cv2_pixels(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     else:
         pixels = np.ascontiguousarray(unit[:, :, :1])
     return pixels, alpha
+
+
+# Public names for the lazy (file-based) path in daguerre.imaging.large.
+CV2_FORMATS = _CV2_FORMATS
+corrupt_error = _corrupt
+check_size = _check_size
+vips_info = _vips_info
+
+
+def fail_level(fmt: str) -> str:
+    """libvips fail_on level for a format (TIFF errors are only warnings in libvips)."""
+    return _FAIL_ON.get(fmt, "truncated")
 
 
 # --------------------------------------------------------------------------- public decode
@@ -443,6 +471,9 @@ def _check_icc(icc_profile: bytes | None, channels: int) -> None:
             f"ICC profile colour space {space.decode('latin-1').strip()!r} does not match "
             f"{channels}-channel pixels"
         )
+
+
+check_icc = _check_icc
 
 
 def _quantize(a: np.ndarray, bit_depth: int) -> np.ndarray:

@@ -26,6 +26,7 @@ later tiles start at the size that worked. Any other error propagates.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ import numpy as np
 
 DEFAULT_TILE = 1024  # longest read side of a tile, input pixels
 DEFAULT_BLEND = 8
+# Overrides every operator's preferred tile size (memory-constrained workers, tests).
+TILE_ENV = "DAGUERRE_TILE"
 
 
 @dataclass(frozen=True)
@@ -259,16 +262,26 @@ def ramp(length: int) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
-def _axis_weights(span: Span, prev: Span | None, s: int) -> np.ndarray:
-    """Output-scale weights of one tile along one axis, over its window."""
-    w = np.ones((span.window_end - span.cell_start) * s, np.float32)
-    if prev is not None:  # rising over the band shared with the previous tile
-        band = (prev.window_end - prev.cell_end) * s
-        w[:band] = ramp(band)
-    band = (span.window_end - span.cell_end) * s
-    if band:  # falling over the band shared with the next tile
-        w[w.size - band :] = 1.0 - ramp(band)
-    return w
+def _axis_bands(span: Span, prev: Span | None, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output-scale weights of one tile along one axis over the ends of its window:
+    (rising over the band shared with the previous tile, falling over the next's band).
+    Everywhere between them the weight is one."""
+    rising = ramp((prev.window_end - prev.cell_end) * s) if prev is not None else ramp(0)
+    falling = 1.0 - ramp((span.window_end - span.cell_end) * s)
+    return rising, falling
+
+
+def _weigh(win: np.ndarray, ys: tuple[np.ndarray, np.ndarray], xs: tuple[np.ndarray, np.ndarray]):
+    """Multiply the window's blend bands by their weights, in place (corners get both)."""
+    (top, bottom), (left, right) = ys, xs
+    if top.size:
+        win[: top.size] *= top[:, None, None]
+    if bottom.size:
+        win[win.shape[0] - bottom.size :] *= bottom[:, None, None]
+    if left.size:
+        win[:, : left.size] *= left[None, :, None]
+    if right.size:
+        win[:, win.shape[1] - right.size :] *= right[None, :, None]
 
 
 # --------------------------------------------------------------------------- sources, sinks
@@ -332,8 +345,11 @@ class ArraySink:
 
     def write(self, x: int, y: int, pixels: np.ndarray) -> None:
         if self.pixels is None:
-            shape = (self.height, self.width, *pixels.shape[2:])
-            self.pixels = np.zeros(shape, self.dtype)
+            if pixels.shape[:2] == (self.height, self.width) and pixels.dtype == self.dtype:
+                self.pixels = pixels  # one cell is the whole output: the tiler's own array
+                return
+            # Cells cover the output exactly once: no need to clear it first.
+            self.pixels = np.empty((self.height, self.width, *pixels.shape[2:]), self.dtype)
         self.pixels[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
 
     def result(self) -> np.ndarray:
@@ -383,8 +399,9 @@ class _Runner:
             except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
                 if not is_out_of_memory(exc):
                     raise
-                smaller = longest // 2
-                if self.req.whole or smaller < self.req.smallest_tile + self.req.blend:
+                # Halve, but not below the smallest tile that still makes progress.
+                smaller = max(longest // 2, self.req.smallest_tile + self.req.blend)
+                if self.req.whole or smaller >= longest:
                     raise
                 self._free()
                 self.stats.splits += 1
@@ -414,22 +431,30 @@ def _apply(source: RegionSource, fn: TileFn, plan: TilePlan, sink: TileSink) -> 
     out_w = plan.out_width
     band_cur: np.ndarray | None = None  # previous row's contributions to this row's top band
     for iy, ry in enumerate(plan.rows):
-        wy = _axis_weights(ry, plan.rows[iy - 1] if iy else None, s)
+        wy = _axis_bands(ry, plan.rows[iy - 1] if iy else None, s)
         last_row = iy == len(plan.rows) - 1
         band_next: np.ndarray | None = None
         left: np.ndarray | None = None  # previous tile's contributions to this tile's left band
         for ix, cx in enumerate(plan.cols):
             tile = plan.tile(iy, ix)
-            out = fn(source.read_region(*_xywh(tile.read)), tile)
+            pixels = source.read_region(*_xywh(tile.read))
+            out = fn(pixels, tile)
             expected = (tile.read.height * s, tile.read.width * s)
             if out.ndim != 3 or out.shape[:2] != expected:
                 raise ValueError(
                     f"operator returned {out.shape} for a {tile.read.height}x{tile.read.width} "
                     f"tile at scale {s}; expected {expected} x channels"
                 )
-            wx = _axis_weights(cx, plan.cols[ix - 1] if ix else None, s)
             rows, cols = tile.window.scaled(s).relative_to(tile.read.scaled(s))
-            acc = out[rows, cols].astype(np.float32) * (wy[:, None] * wx[None, :])[:, :, None]
+            acc = out[rows, cols]
+            # Weighed and summed in place, unless that would write into the source's pixels.
+            if (
+                acc.dtype != np.float32
+                or not acc.flags.writeable
+                or np.may_share_memory(out, pixels)
+            ):
+                acc = acc.astype(np.float32, copy=True)
+            _weigh(acc, wy, _axis_bands(cx, plan.cols[ix - 1] if ix else None, s))
             cell = tile.cell.scaled(s)
             ch, cw = cell.height, cell.width
             if band_cur is not None:
@@ -461,9 +486,13 @@ def apply_tiled(
 
     fn(pixels, tile) gets the tile's read region (float32 (h, w, bands), a view it must not
     modify) and returns (h * scale, w * scale, channels). The sink receives each output cell
-    once, final, in row-major order. Only the tile in flight and two blend bands (blend *
+    once, final, in row-major order. `tile` (else $DAGUERRE_TILE, else req.tile) bounds the
+    longest read side. Only the tile in flight and two blend bands (blend *
     scale rows of the output width) are held in memory.
     """
+    if tile is None and os.environ.get(TILE_ENV):
+        # Never so small that context and alignment leave tiles next to no cell.
+        tile = max(int(os.environ[TILE_ENV]), 2 * req.smallest_tile + req.blend)
     plan = plan_tiles(source.width, source.height, req, tile)
     stats = TileStats(read_pixels=plan.read_pixels())
     _apply(source, _Runner(fn, req, stats).run, plan, sink)
@@ -478,6 +507,17 @@ def tile_array(
     sink = ArraySink(source.width * req.scale, source.height * req.scale)
     apply_tiled(source, fn, req, sink, tile=tile)
     return sink.result()
+
+
+def iter_blocks(source: RegionSource, size: int) -> Iterator[tuple[Region, np.ndarray]]:
+    """Non-overlapping blocks of at most size x size px covering the source, row-major.
+
+    For statistics over a whole image (histograms) one block at a time.
+    """
+    for y in range(0, source.height, size):
+        for x in range(0, source.width, size):
+            w, h = min(size, source.width - x), min(size, source.height - y)
+            yield Region(x, y, w, h), source.read_region(x, y, w, h)
 
 
 def seam_profile(pixels: np.ndarray, axis: int = 1) -> np.ndarray:
