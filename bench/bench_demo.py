@@ -38,48 +38,56 @@ def main() -> None:
     make_sample_collection(source, seed=0)
     masters = sorted(p for p in source.rglob("*") if p.is_file())
 
-    per_stage: dict[str, list[float]] = defaultdict(list)
-    per_image_stage: dict[tuple[str, str], list[float]] = defaultdict(list)
-    walls: list[float] = []
+    # The defaults, and the all-classical baseline, interleaved run by run.
+    configs = {"default": {}, "classical": {"denoise": "classical", "upscale": "classical"}}
+    per_stage: dict[str, dict[str, list[float]]] = {c: defaultdict(list) for c in configs}
+    walls: dict[str, list[float]] = {c: [] for c in configs}
+    operators: dict[str, dict[str, str]] = {}
     for index in range(args.runs):
-        dest = work / f"restored-{index}"
-        catalog_url = f"sqlite:///{work / f'catalog-{index}.sqlite'}"
-        catalog = Catalog(catalog_url)
-        catalog.upgrade()
-        t0 = time.perf_counter()
-        report = restore_collection(source=str(source), dest=str(dest), catalog_url=catalog_url)
-        walls.append(time.perf_counter() - t0)
-        assert not report.failed, report.failed
-        totals: dict[str, float] = defaultdict(float)
-        for master in masters:
-            history = catalog.history(str(master))[0]
-            for step in history.restorations[-1].steps:
-                if step.status.value == "applied" and step.duration_s is not None:
-                    totals[step.stage] += step.duration_s
-                    key = (str(master.relative_to(source)), step.stage)
-                    per_image_stage[key].append(step.duration_s)
-        for stage, seconds in totals.items():
-            per_stage[stage].append(seconds)
+        for label, models in configs.items():
+            dest = work / f"restored-{label}-{index}"
+            catalog_url = f"sqlite:///{work / f'catalog-{label}-{index}.sqlite'}"
+            catalog = Catalog(catalog_url)
+            catalog.upgrade()
+            t0 = time.perf_counter()
+            report = restore_collection(
+                source=str(source), dest=str(dest), catalog_url=catalog_url, models=models
+            )
+            walls[label].append(time.perf_counter() - t0)
+            assert not report.failed, report.failed
+            totals: dict[str, float] = defaultdict(float)
+            for master in masters:
+                for step in catalog.history(str(master))[0].restorations[-1].steps:
+                    if step.status.value == "applied" and step.duration_s is not None:
+                        totals[step.stage] += step.duration_s
+                        operators.setdefault(label, {})[step.stage] = step.operator or ""
+            for stage, seconds in totals.items():
+                per_stage[label][stage].append(seconds)
 
     result = {
         "runs": args.runs,
         "images": len(masters),
-        "wall_s_median": statistics.median(walls),
-        "wall_s": walls,
-        "stage_total_s_median": {s: statistics.median(v) for s, v in per_stage.items()},
-        "image_stage_s_median": {
-            f"{image}:{stage}": statistics.median(v)
-            for (image, stage), v in per_image_stage.items()
+        "operators": operators,
+        "wall_s_median": {c: statistics.median(v) for c, v in walls.items()},
+        "stage_total_s_median": {
+            c: {s: statistics.median(v) for s, v in stages.items()}
+            for c, stages in per_stage.items()
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"| stage | total over {len(masters)} images, median of {args.runs} runs (s) |")
-    print("|---|---|")
+    print(f"Totals over {len(masters)} images, median of {args.runs} runs (s)")
+    print("| stage | " + " | ".join(configs) + " |")
+    print("|---|" + "---|" * len(configs))
     for stage in ("detect", "denoise", "inpaint", "tone", "upscale", "colorize", "store"):
-        if stage in result["stage_total_s_median"]:
-            print(f"| {stage} | {result['stage_total_s_median'][stage]:.3f} |")
-    print(f"| whole run (wall, incl. Prefect) | {result['wall_s_median']:.2f} |")
+        cells = []
+        for c in configs:
+            seconds = result["stage_total_s_median"][c].get(stage)
+            op = operators.get(c, {}).get(stage, "")
+            cells.append(f"{seconds:.3f} ({op})" if seconds is not None else "-")
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+    walls_row = " | ".join(f"{result['wall_s_median'][c]:.2f}" for c in configs)
+    print(f"| whole run (wall, incl. Prefect) | {walls_row} |")
 
 
 if __name__ == "__main__":

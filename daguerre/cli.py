@@ -107,7 +107,10 @@ def restore(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     model: Annotated[
         list[str] | None,
-        typer.Option(help="Bring-your-own weights: TASK=PATH_OR_S3_URI[#sha256=HEX]. Repeatable."),
+        typer.Option(
+            help="Bring-your-own weights TASK=PATH_OR_S3_URI[#sha256=HEX], or TASK=classical "
+            "to use the classical algorithm. Repeatable."
+        ),
     ] = None,
     access_format: Annotated[str, typer.Option(help="jpeg, webp or none.")] = "jpeg",
     access_long_edge: Annotated[int, typer.Option(help="Long edge of access copies.")] = 2048,

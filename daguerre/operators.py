@@ -424,8 +424,16 @@ def resolve_operators(
     return out
 
 
+CLASSICAL_SPEC = "classical"
+
+
 def _make_operator(stage: str, user_spec: str | None, device: str) -> Operator | None:
     task_name = stage
+    if user_spec == CLASSICAL_SPEC:
+        # The archivist's choice: the classical algorithm even where a learned default exists.
+        if stage not in CLASSICAL:
+            raise ValueError(f"no classical operator for {stage}")
+        return CLASSICAL[stage]()
     if user_spec is not None:
         from daguerre.models.loading import load_user_model, parse_model_spec
 
