@@ -285,6 +285,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint if any.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Warm-start a new run from these weights (matching tensors)."),
+    ] = None,
     option: Annotated[
         list[str] | None,
         typer.Option("--set", help="Recipe option KEY=VALUE (e.g. scale=4). Repeatable."),
@@ -312,6 +316,7 @@ def train(
             resume=resume,
             seed=seed,
             progress=progress,
+            init_from=init,
             **recipe,
         )
     except ValueError as exc:

@@ -160,8 +160,15 @@ def get_descriptor(model_id: str) -> ModelDescriptor:
     raise KeyError(f"no shipped model {model_id!r} (shipped: {known})")
 
 
-def default_for(task: str) -> ModelDescriptor | None:
-    """The default shipped model of a task, or None when nothing is shipped for it."""
+def default_for(task: str, scale: int | None = None) -> ModelDescriptor | None:
+    """The default shipped model of a task (at this scale, if given), or None if there is none."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    return next((d for d in SHIPPED if d.task == task), None)
+    return next(
+        (d for d in SHIPPED if d.task == task and (scale is None or d.scale == scale)), None
+    )
+
+
+def shipped_scales(task: str) -> tuple[int, ...]:
+    """The scales for which a model of this task ships, ascending."""
+    return tuple(sorted({d.scale for d in SHIPPED if d.task == task}))

@@ -35,7 +35,7 @@ from .arch import Architecture, get_architecture
 from .arch import denoise as denoise_arch
 from .arch import upscale as upscale_arch
 from .inference import pick_device
-from .loading import sha256_file
+from .loading import safetensors_metadata, sha256_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 # Benchmarks live here; training on them would make every reported number meaningless.
@@ -476,13 +476,17 @@ def train(
     seed: int = 0,
     val_fraction: float = 0.05,
     progress: bool = True,
+    init_from: Path | None = None,
     **recipe: Any,
 ) -> TrainResult:
     """Train our `task` model ("denoise" or "upscale") for `minutes` of wall clock in total.
 
     `recipe` overrides `Recipe` fields. With `resume`, an existing checkpoint of the same task
     and hyperparameters continues where it stopped (`minutes` counts the time already spent;
-    pass a larger value to extend a finished run). Writes `out` (safetensors), the model card
+    pass a larger value to extend a finished run). `init_from` warm-starts a fresh run from
+    another model's safetensors (tensors whose name and shape match are copied: an x2 body
+    for an x4 net, bicubic-protocol weights for a realistic fine-tune); ignored when resuming.
+    Writes `out` (safetensors), the model card
     `out.with_suffix(".json")` and keeps the checkpoint `out.with_suffix(".ckpt.pt")`.
     """
     if task not in TRAINABLE_TASKS:
@@ -521,6 +525,7 @@ def train(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         model = arch.build(**hp)
+    init_info = _warm_start(model, arch.name, init_from) if init_from is not None else None
     model = model.to(dev).to(memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
     rng = np.random.default_rng(seed)
@@ -542,6 +547,7 @@ def train(
         step_s, patches = float(state["step_s"]), int(state["patches"])
         history = list(state["history"])
         val_psnr = state["val_psnr"]
+        init_info = state.get("init_from")
 
     def checkpoint() -> None:
         _save_checkpoint(
@@ -560,6 +566,7 @@ def train(
                 "patches": patches,
                 "history": history,
                 "val_psnr": val_psnr,
+                "init_from": init_info,
             },
         )
 
@@ -636,8 +643,34 @@ def train(
     )
     n_params = sum(p.numel() for p in model.parameters())
     card = _card(result, task, arch, hp, r, dirs, data, train_files, val_files, seed, dev, n_params)
+    card["init_from"] = init_info
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return result
+
+
+def _warm_start(model: nn.Module, arch: str, path: Path) -> dict[str, Any]:
+    """Copy the tensors of safetensors `path` whose name and shape match `model`'s.
+
+    Weights our trainer wrote name their architecture: another architecture is refused (equal
+    names and shapes across architectures would be a coincidence, not a warm start).
+    """
+    from safetensors.torch import load_file
+
+    made_by = safetensors_metadata(path).get("daguerre", {}).get("architecture")
+    if made_by is not None and made_by != arch:
+        raise ValueError(f"{path} holds {made_by} weights; cannot warm-start {arch}")
+    source = load_file(str(path))
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"{path}: no tensor matches this architecture; cannot warm-start")
+    model.load_state_dict(matched, strict=False)
+    return {
+        "file": Path(path).name,
+        "sha256": sha256_file(Path(path)),
+        "tensors_copied": len(matched),
+        "tensors_total": len(own),
+    }
 
 
 def _write_weights(out: Path, model: nn.Module, task: str, arch: str, hp: dict[str, int]) -> str:
@@ -741,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None, help="warm-start from these weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--no-progress", action="store_true")
@@ -766,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=a.seed,
         val_fraction=a.val_fraction,
         progress=not a.no_progress,
+        init_from=a.init,
         **recipe,
     )
     print(

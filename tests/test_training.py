@@ -178,3 +178,36 @@ def test_upscale_training_smoke_from_the_command_line(data_dir, tmp_path) -> Non
     assert card["recipe"]["realistic"] is True and card["hyperparameters"]["scale"] == 4
     model = load_user_model("upscale", str(out), card["weights_sha256"], "cpu", scale=4)
     assert model.run(np.zeros((5, 7, 3), np.float32)).shape == (20, 28, 3)
+
+
+def test_warm_start_copies_matching_tensors(data_dir, tmp_path) -> None:
+    """An x4 run warm-started from x2 weights takes the body, not the x2-shaped tail."""
+    small = {"layers": 3, "channels": 8, "batch_size": 4, "patch": 16, "threads": 1}
+    x2 = train("upscale", [data_dir], tmp_path / "x2.safetensors", 0.02, progress=False, **small)
+    x4 = train(
+        "upscale",
+        [data_dir],
+        tmp_path / "x4.safetensors",
+        0.0,
+        progress=False,
+        init_from=x2.weights,
+        scale=4,
+        **small,
+    )
+    card = json.loads(x4.card.read_text())
+    info = card["init_from"]
+    assert info["sha256"] == x2.weights_sha256
+    # 2 body convs + their 2 PReLUs (weights and biases) match; the tail's shape differs.
+    assert info["tensors_copied"] == info["tensors_total"] - 2
+    with pytest.raises(ValueError, match="holds daguerre-srnet weights"):
+        train(
+            "denoise",
+            [data_dir],
+            tmp_path / "d.safetensors",
+            0.0,
+            progress=False,
+            init_from=x2.weights,
+            layers=4,
+            channels=16,
+            threads=1,
+        )
