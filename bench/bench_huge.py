@@ -87,7 +87,7 @@ def run_pipeline(master: Path, work: Path, store: bool, out: Path) -> None:
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {"imports": _own_peak_mib()}
     t0 = time.perf_counter()
-    asset = inspect_master.fn(cfg.source, master.name)
+    (asset,) = inspect_master.fn(cfg.source, master.name)
     timings["inspect"] = time.perf_counter() - t0
     assert asset is not None and asset.error is None, asset
 

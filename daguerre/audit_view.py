@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daguerre.catalog import AssetHistory
@@ -27,9 +28,25 @@ def _compact(values: dict) -> str:
     return ", ".join(f"{k}={_value(v)}" for k, v in sorted(values.items())) if values else "-"
 
 
+def _page_count(history: AssetHistory) -> int | None:
+    """Pages of the master's file as its latest detect step counted them (multi-page only)."""
+    for restoration in reversed(history.restorations):
+        for step in restoration.steps:
+            if step.stage == "detect" and "pages" in step.metrics:
+                return int(step.metrics["pages"])
+    return None
+
+
 def render_history(console: Console, history: AssetHistory) -> None:
+    """One asset: a file, or one page of a multi-page file (`daguerre audit` of such a file
+    renders every page's history in turn)."""
     facts = history.facts
-    console.rule(f"[bold]{facts.source_uri}")
+    pages = _page_count(history)
+    page = ""
+    if facts.page or pages:
+        # Page numbers are the file's page indices, as in `#page=N` and derivative names.
+        page = f" page {facts.page}" + (f" ({pages} pages in the file)" if pages else "")
+    console.rule(f"[bold]{escape(facts.source_uri)}{page}")
     size = f"{facts.width}x{facts.height}" if facts.width else "undecoded"
     console.print(
         f"collection {history.collection} | sha256 {facts.sha256} | {facts.bytes} bytes | "

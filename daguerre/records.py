@@ -15,6 +15,25 @@ from pydantic import BaseModel, Field
 # The pixel stages in the order they run. Detection comes before them, store and record after.
 PIXEL_STAGES: tuple[str, ...] = ("denoise", "inpaint", "tone", "upscale", "colorize")
 ALL_STAGES: tuple[str, ...] = ("detect", *PIXEL_STAGES, "store")
+# A page of a multi-page master is addressed as `KEY#page=N` (N > 0; page 0 is the plain key).
+PAGE_MARK = "#page="
+
+
+def split_page(relative_path: str) -> tuple[str, int]:
+    """`scan.tif#page=2` -> ("scan.tif", 2); a plain key is page 0.
+
+    Only a mark followed by digits at the end counts, so an odd file name that merely contains
+    the mark is its own key.
+    """
+    key, mark, page = relative_path.rpartition(PAGE_MARK)
+    if mark and page.isascii() and page.isdigit():
+        return key, int(page)
+    return relative_path, 0
+
+
+def page_path(key: str, page: int) -> str:
+    """The inverse of `split_page`: `("scan.tif", 2)` -> `scan.tif#page=2`, page 0 -> the key."""
+    return f"{key}{PAGE_MARK}{page}" if page else key
 
 
 class StepStatus(StrEnum):
@@ -30,12 +49,19 @@ class RestorationStatus(StrEnum):
 
 
 class AssetFacts(BaseModel):
-    """What we know about one master file. Width etc. are None when it could not be decoded."""
+    """What we know about one master: a file, or one page of a multi-page file (a TIFF whose
+    pages are separate scans). Width etc. are None when it could not be decoded.
+
+    `source_uri`, `sha256` and `bytes` are the file's, shared by all its pages; `page` is the
+    page index in the file (0 for a single-page file) and `relative_path` is `KEY#page=N` for
+    a page N > 0. An asset is identified by (source_uri, sha256, page).
+    """
 
     source_uri: str
     relative_path: str
     sha256: str
     bytes: int
+    page: int = 0
     format: str | None = None
     width: int | None = None
     height: int | None = None

@@ -2,8 +2,10 @@
 
 SOURCE (folder or s3:// prefix) -> inspect + hash every master -> skip what this configuration
 already restored -> detect -> denoise -> inpaint -> tone -> upscale -> colorize -> store ->
-record, each a Prefect task. Images are processed in batches so a huge collection never has
-more than a bounded number of task runs in flight.
+record, each a Prefect task. An image is an asset: a single-page file, or one page of a
+multi-page TIFF (each page is restored, recorded and skipped on rerun on its own, and counts
+as one image in the run summary). Images are processed in batches so a huge collection never
+has more than a bounded number of task runs in flight.
 """
 
 from __future__ import annotations
@@ -138,12 +140,14 @@ def restore_collection(
     for first in range(0, len(keys), BATCH_SIZE):
         batch = keys[first : first + BATCH_SIZE]
         inspected = [inspect_master.submit(cfg.source, key) for key in batch]
-        jobs = [
-            _start(cfg, run.run_id, run.collection_id, facts, config_hash)
-            for facts in (f.result() for f in inspected)
-            if facts is not None
-        ]
-        reports.extend(_finish(cfg, run.run_id, job, config_hash) for job in jobs)
+        assets = [facts for future in inspected for facts in future.result()]
+        # A multi-page file fans out into its pages: batch those too, to stay bounded.
+        for start in range(0, len(assets), BATCH_SIZE):
+            jobs = [
+                _start(cfg, run.run_id, run.collection_id, facts, config_hash)
+                for facts in assets[start : start + BATCH_SIZE]
+            ]
+            reports.extend(_finish(cfg, run.run_id, job, config_hash) for job in jobs)
 
     counts = {s.value: sum(r.status == s for r in reports) for s in RestorationStatus}
     status = "failed" if counts["failed"] else "succeeded"
@@ -225,7 +229,7 @@ def _finish(cfg: RestoreConfig, run_id: int, job: _Job, config_hash: str) -> Ima
             plan = detected.result().plan
         if status == RestorationStatus.SUCCEEDED:
             derivatives = job.chain[-1][1].result().derivatives
-        clean_work_area(cfg.dest, run_id, facts.sha256)
+        clean_work_area(cfg.dest, run_id, facts.sha256, facts.page)
 
     record_restoration(
         cfg.catalog_url,

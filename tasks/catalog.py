@@ -57,14 +57,19 @@ def open_run(
 def admit_asset(
     catalog_url: str, collection_id: int, facts: AssetFacts, config_hash: str, dest: str
 ) -> Admission:
-    """Register the master; report derivatives already made with this configuration.
+    """Register the master (one page of it, for a multi-page file); report derivatives
+    already made for that page with this configuration.
 
     A master counts as done only if every recorded derivative is still in DEST: a deleted
     output is made again rather than silently missing.
     """
     catalog = catalog_for(catalog_url)
     asset_id = catalog.register_asset(collection_id, facts)
-    done = catalog.find_completed(facts.sha256, config_hash) if facts.error is None else []
+    done = (
+        catalog.find_completed(facts.sha256, config_hash, page=facts.page)
+        if facts.error is None
+        else []
+    )
     if done:
         storage = dest_storage(dest)
         for derivative in done:

@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from daguerre.imaging.large import MaskFile, Master, VipsSource, open_master
-from daguerre.records import AssetFacts, ImageRef
+from daguerre.records import PAGE_MARK as PAGE_MARK  # re-exported: tasks address pages by it
+from daguerre.records import AssetFacts, ImageRef, split_page
+from daguerre.records import page_path as page_path
 from daguerre.storage import LocalStorage, Storage, open_storage, sha256_stream
 
 WORK_ROOT = ".daguerre/work"
@@ -26,7 +28,6 @@ WORK_ROOT = ".daguerre/work"
 # there by rename); for S3 they go to DAGUERRE_SCRATCH or the system's temporary folder.
 SCRATCH_ROOT = ".daguerre/scratch"
 SCRATCH_ENV = "DAGUERRE_SCRATCH"
-PAGE_MARK = "#page="
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -38,8 +39,12 @@ def sha256_file(path: Path) -> str:
         return sha256_stream(f)[0]
 
 
-def work_prefix(run_id: int, asset_sha256: str) -> str:
-    return f"{WORK_ROOT}/run-{run_id}/{asset_sha256[:16]}"
+def work_prefix(run_id: int, asset_sha256: str, page: int = 0) -> str:
+    """The work-area folder of one asset in one run: page N > 0 of a multi-page master gets
+    its own (`<sha>.page-N`), a sibling of page 0's, so pages never share or delete each
+    other's intermediates (prefixes are folders: deleting one leaves its siblings)."""
+    folder = f"{asset_sha256[:16]}.page-{page}" if page else asset_sha256[:16]
+    return f"{WORK_ROOT}/run-{run_id}/{folder}"
 
 
 def source_storage(source: str) -> Storage:
@@ -49,12 +54,6 @@ def source_storage(source: str) -> Storage:
 
 def dest_storage(dest: str) -> Storage:
     return open_storage(dest)
-
-
-def split_page(relative_path: str) -> tuple[str, int]:
-    """`scan.tif#page=2` -> ("scan.tif", 2); a plain key is page 0."""
-    key, mark, page = relative_path.partition(PAGE_MARK)
-    return (key, int(page)) if mark else (key, 0)
 
 
 def derivative_key(relative_path: str, suffix: str) -> str:

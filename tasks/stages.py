@@ -34,7 +34,7 @@ from daguerre.imaging.large import (
     write_preservation,
 )
 from daguerre.imaging.plan import PlanOptions, plan_restoration, plan_to_json
-from daguerre.operators import StageContext, resolve_operators, run_operator
+from daguerre.operators import StageContext, operator_for, resolve_operators, run_operator
 from daguerre.records import AssetFacts, DerivativeFacts, ImageRef, StepFacts, StepStatus
 from daguerre.tasks.io import (
     SCRATCH_ENV,
@@ -44,12 +44,12 @@ from daguerre.tasks.io import (
     open_mask,
     open_pixels,
     opened_master,
+    page_path,
     put_work_file,
     scratch,
     sha256_bytes,
     sha256_file,
     source_storage,
-    split_page,
     work_file,
     work_prefix,
 )
@@ -120,39 +120,47 @@ def _temporary_folder() -> Iterator[Path]:
         yield Path(d)
 
 
-@task(
-    name="inspect-master",
-    retries=2,
-    retry_delay_seconds=2,
-    cache_policy=NO_CACHE,
-    task_run_name="inspect {key}",
-)
-def inspect_master(source: str, key: str) -> AssetFacts | None:
-    """Hash a master (streamed) and read its header. None for a file that is not an image.
+# TIFF NewSubfileType bits of subfiles that are not scans of their own: a reduced-resolution
+# version of another page (thumbnail, preview, pyramid level) and a transparency mask.
+_SUBFILE_REDUCED = 0x1
+_SUBFILE_MASK = 0x4
+# The old SubfileType tag (255): 2 is a reduced-resolution image.
+_OLD_SUBFILE_REDUCED = 2
 
-    A file named like an image that is not one comes back with `error` set, so it is recorded.
+
+def scan_pages(path: Path, pages: int) -> list[int]:
+    """Indices (libvips page numbers) of the pages of a TIFF that are scans of their own.
+
+    `pages` is the page count libvips reports (`ImageInfo.pages`, every IFD of the main
+    chain). Subfiles flagged as reduced-resolution (NewSubfileType bit 0, or the old
+    SubfileType 2: thumbnails, previews, pyramid levels) or as transparency masks (bit 2) are
+    left out; pyramid levels stored as SubIFDs are not pages at all. Page 0 is kept when no
+    page qualifies, so a file is never dropped. When tifffile cannot read the IFD chain (which
+    libvips did read), every page counts.
     """
-    storage = source_storage(source)
-    with _temporary_folder() as folder:
-        path = local_path(storage, key) or storage.download_to(key, folder / "master")
-        size = path.stat().st_size
-        facts = AssetFacts(
-            source_uri=storage.uri_for(key),
-            relative_path=key,
-            sha256=sha256_file(path),
-            bytes=size,
-        )
-        if not size:
-            return facts.model_copy(update={"error": "empty file (0 bytes)"})
-        fmt = sniff_file(path)
-        if fmt is None:
-            if not _is_image_name(key):
-                return None  # a sidecar, a README...: not ours to judge
-            return facts.model_copy(update={"error": "not a recognised image format"})
-        try:
-            info = probe_file(path)
-        except imgio.ImageDecodeError as exc:
-            return facts.model_copy(update={"format": fmt, "error": str(exc)})
+    import tifffile
+
+    if pages <= 1:
+        return [0]
+    try:
+        with tifffile.TiffFile(path) as tif:
+            kept = []
+            for index in range(min(pages, len(tif.pages))):
+                page = tif.pages[index]
+                tags = page.tags
+                new_type = int(tags[254].value) if 254 in tags else 0
+                old_type = int(tags[255].value) if 255 in tags else 0
+                if new_type & (_SUBFILE_REDUCED | _SUBFILE_MASK):
+                    continue
+                if old_type == _OLD_SUBFILE_REDUCED:
+                    continue
+                kept.append(index)
+    except Exception:  # tifffile is only asked for tags: fall back to libvips' count
+        return list(range(pages))
+    return kept or [0]
+
+
+def _decoded_facts(facts: AssetFacts, info: imgio.ImageInfo) -> AssetFacts:
     return facts.model_copy(
         update={
             "format": info.format,
@@ -166,6 +174,60 @@ def inspect_master(source: str, key: str) -> AssetFacts | None:
             "ppi": info.ppi,
         }
     )
+
+
+@task(
+    name="inspect-master",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    task_run_name="inspect {key}",
+)
+def inspect_master(source: str, key: str) -> list[AssetFacts]:
+    """Hash a master (streamed) and read its header: one AssetFacts per asset in the file.
+
+    A single-page image gives one; a multi-page TIFF one per page that is a scan of its own
+    (see `scan_pages`: thumbnails and other reduced-resolution subfiles are skipped), page N
+    > 0 as `KEY#page=N` with `page=N`, all sharing the file's sha256 and size. Other
+    multi-page formats (animated GIF/WebP, HEIF sequences) are one asset, their first page.
+    Empty for a file that is not an image. A file named like an image that is not one, or
+    whose first page does not decode, comes back as one record with `error` set, so it is
+    recorded; a later page that does not decode is its own record with `error` set.
+    """
+    storage = source_storage(source)
+    with _temporary_folder() as folder:
+        path = local_path(storage, key) or storage.download_to(key, folder / "master")
+        size = path.stat().st_size
+        facts = AssetFacts(
+            source_uri=storage.uri_for(key),
+            relative_path=key,
+            sha256=sha256_file(path),
+            bytes=size,
+        )
+        if not size:
+            return [facts.model_copy(update={"error": "empty file (0 bytes)"})]
+        fmt = sniff_file(path)
+        if fmt is None:
+            if not _is_image_name(key):
+                return []  # a sidecar, a README...: not ours to judge
+            return [facts.model_copy(update={"error": "not a recognised image format"})]
+        try:
+            info = probe_file(path)
+        except imgio.ImageDecodeError as exc:
+            return [facts.model_copy(update={"format": fmt, "error": str(exc)})]
+        pages = scan_pages(path, info.pages) if info.format == "tiff" else [0]
+        assets = []
+        for page in pages:
+            page_facts = facts.model_copy(
+                update={"page": page, "relative_path": page_path(key, page)}
+            )
+            try:
+                page_info = info if page == 0 else probe_file(path, page=page)
+            except imgio.ImageDecodeError as exc:
+                assets.append(page_facts.model_copy(update={"format": fmt, "error": str(exc)}))
+                continue
+            assets.append(_decoded_facts(page_facts, page_info))
+    return assets
 
 
 def plan_options(cfg: RestoreConfig, colorizer_available: bool) -> PlanOptions:
@@ -185,7 +247,7 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
     resolution and stored in the work area as a tiled 8-bit TIFF.
     """
     started, t0 = _now(), time.perf_counter()
-    prefix = work_prefix(run_id, asset.sha256)
+    prefix = work_prefix(run_id, asset.sha256, asset.page)
     with (
         scratch(cfg.dest) as folder,
         opened_master(cfg.source, asset, folder, cfg.max_pixels) as master,
@@ -204,17 +266,14 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
     plan = plan_restoration(detection, plan_options(cfg, operators.get("colorize") is not None))
     metrics = detection.to_metrics()
     metrics["mask_tiles"] = stats.tiles if stats else 0
-    note = None
     if info.pages > 1:
-        _, page = split_page(asset.relative_path)
+        # Pages as libvips counts them (thumbnail subfiles included); `page` is this asset's.
         metrics["pages"] = info.pages
-        metrics["page"] = page
-        note = f"multi-page file: page {page + 1} of {info.pages} restored as this asset"
+        metrics["page"] = asset.page
     step = StepFacts(
         stage="detect",
         order=0,
         status=StepStatus.APPLIED,
-        reason=note,
         operator=DETECT_OPERATOR,
         operator_version=__version__,
         parameters={
@@ -265,6 +324,9 @@ def pixel_stage(
         )
         return StageOutcome(step=step, current=current)
     operator = resolve_operators(cfg.steps, cfg.models, cfg.device)[stage]
+    if operator is not None:
+        # An upscale operator may hold one model per factor: take the one this plan needs.
+        operator = operator_for(operator, decision.get("params", {}))
     if operator is None:
         step = StepFacts(
             stage=stage,
@@ -290,7 +352,7 @@ def pixel_stage(
             path = sink.finish(folder / f"{order}-{stage}.tif")
         finally:
             sink.discard()
-        key = f"{work_prefix(run_id, asset.sha256)}/{order}-{stage}.tif"
+        key = f"{work_prefix(run_id, asset.sha256, asset.page)}/{order}-{stage}.tif"
         out_ref = put_work_file(cfg.dest, key, path, sink.width, sink.height)
     step = StepFacts(
         stage=stage,
@@ -439,6 +501,9 @@ def store_stage(
 
 
 @task(name="clean-work-area", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def clean_work_area(dest: str, run_id: int, asset_sha256: str) -> None:
-    """Intermediates are hashed in the catalog; the pixels themselves need not be kept."""
-    dest_storage(dest).delete_prefix(work_prefix(run_id, asset_sha256))
+def clean_work_area(dest: str, run_id: int, asset_sha256: str, page: int = 0) -> None:
+    """Intermediates are hashed in the catalog; the pixels themselves need not be kept.
+
+    Only this page's work area goes: other pages of the same master may still be running.
+    """
+    dest_storage(dest).delete_prefix(work_prefix(run_id, asset_sha256, page))

@@ -153,7 +153,7 @@ def test_migrations_match_orm_schema(catalog_url: str) -> None:
     assert catalog.revision() is None
     catalog.upgrade()
     catalog.upgrade()  # a second upgrade is a no-op
-    assert catalog.revision() == "0001"
+    assert catalog.revision() == "0002"
     with catalog.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []

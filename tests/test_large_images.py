@@ -188,8 +188,8 @@ def _restore_by_tasks(tmp_path: Path, name: str, stages: dict[str, dict], **cfg_
         catalog_url=f"sqlite:///{tmp_path / 'unused.sqlite'}",
         **cfg_fields,
     )
-    asset = inspect_master.fn(cfg.source, name)
-    assert asset is not None and asset.error is None, asset
+    (asset,) = inspect_master.fn(cfg.source, name)
+    assert asset.error is None, asset
     detected = detect_stage.fn(cfg, 1, asset)
     for stage in PIXEL_STAGES:
         params = stages.get(stage)

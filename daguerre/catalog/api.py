@@ -42,6 +42,7 @@ from daguerre.records import (
     RestorationStatus,
     StepFacts,
     StepStatus,
+    split_page,
 )
 
 RUN_RUNNING = "running"
@@ -127,6 +128,7 @@ def _asset_facts(asset: Asset) -> AssetFacts:
         relative_path=asset.relative_path,
         sha256=asset.sha256,
         bytes=asset.bytes,
+        page=asset.page,
         error=asset.error,
         **{name: getattr(asset, name) for name in _DECODED_FIELDS},
     )
@@ -266,7 +268,7 @@ class Catalog:
                 raise LookupError(f"no run {run_id} in the catalog")
 
     def register_asset(self, collection_id: int, facts: AssetFacts) -> int:
-        """The id of the master (collection, source_uri, sha256), created if new.
+        """The id of the master (collection, source_uri, sha256, page), created if new.
 
         Idempotent. For a known master, decoded facts given now replace the stored ones (None
         never erases a known value), and ``error`` becomes the latest verdict.
@@ -284,6 +286,7 @@ class Catalog:
                     Asset.collection_id == collection_id,
                     Asset.source_uri == facts.source_uri,
                     Asset.sha256 == facts.sha256,
+                    Asset.page == facts.page,
                 )
             ).one()
             asset.relative_path = facts.relative_path
@@ -400,15 +403,18 @@ class Catalog:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def find_completed(self, asset_sha256: str, config_hash: str) -> list[DerivativeFacts]:
-        """Derivatives of the latest succeeded restoration of a master with this hash under
-        this configuration hash (any collection); empty when there is none."""
+    def find_completed(
+        self, asset_sha256: str, config_hash: str, page: int = 0
+    ) -> list[DerivativeFacts]:
+        """Derivatives of the latest succeeded restoration of page ``page`` of a master with
+        this hash under this configuration hash (any collection); empty when there is none."""
         with self._begin() as session:
             rid = session.scalars(
                 select(Restoration.id)
                 .join(Restoration.asset)
                 .where(
                     Asset.sha256 == asset_sha256,
+                    Asset.page == page,
                     Restoration.config_hash == config_hash,
                     Restoration.status == RestorationStatus.SUCCEEDED.value,
                     exists().where(RestorationDerivative.restoration_id == Restoration.id),
@@ -430,8 +436,14 @@ class Catalog:
         """Every master ``item`` designates, with all its restorations in run order.
 
         ``item`` is a master's source URI, a derivative's URI, or a SHA-256 (of a master, of a
-        derivative, or of any step's input or output). Empty when nothing matches.
+        derivative, or of any step's input or output). Empty when nothing matches. A
+        multi-page master's URI (or hash) designates all its pages, one history each;
+        ``URI#page=N`` designates page N alone.
         """
+        uri, page = split_page(item)
+        same_uri = Asset.source_uri == item
+        if uri != item:  # URI#page=N: page N of that master (page 0 when N is 0)
+            same_uri = (Asset.source_uri == uri) & (Asset.page == page)
         with self._begin() as session:
             matches: dict[int, set[MatchKind]] = defaultdict(set)
 
@@ -439,10 +451,7 @@ class Catalog:
                 for asset_id in asset_ids:
                     matches[asset_id].add(kind)
 
-            add(
-                MatchKind.SOURCE_URI,
-                session.scalars(select(Asset.id).where(Asset.source_uri == item)),
-            )
+            add(MatchKind.SOURCE_URI, session.scalars(select(Asset.id).where(same_uri)))
             add(MatchKind.SHA256, session.scalars(select(Asset.id).where(Asset.sha256 == item)))
             for column, kind in (
                 (Derivative.uri, MatchKind.DERIVATIVE_URI),
@@ -522,6 +531,7 @@ class Catalog:
                     asset_id=asset.id,
                     collection=asset.collection.name,
                     source_uri=asset.source_uri,
+                    page=asset.page,
                     asset_sha256=asset.sha256,
                     run=_run_info(restoration.run),
                     restoration_id=restoration.id,

@@ -74,6 +74,7 @@ class TouchedStep(BaseModel):
     asset_id: int
     collection: str
     source_uri: str
+    page: int = 0  # the page of a multi-page master
     asset_sha256: str
     run: RunInfo
     restoration_id: int

@@ -109,9 +109,13 @@ def alembic_config(url: str | URL) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database of ``engine`` to ``revision`` in one transaction."""
+    """Bring the database of ``engine`` to ``revision`` in one transaction.
+
+    The migration environment begins and commits that transaction itself: on SQLite it must
+    first turn foreign keys off, which is only possible outside one.
+    """
     cfg = alembic_config(engine.url)
-    with engine.begin() as connection:
+    with engine.connect() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -110,10 +111,12 @@ class Collection(Base):
 
 
 class Asset(Base):
-    """One master file, identified by where it is and what its bytes hash to."""
+    """One master: a file, or one page of a multi-page file, identified by where it is, what
+    its bytes hash to and which page it is (0 for a single-page file). The pages of one file
+    share its ``source_uri``, ``sha256`` and ``bytes``."""
 
     __tablename__ = "assets"
-    __table_args__ = (UniqueConstraint("collection_id", "source_uri", "sha256"),)
+    __table_args__ = (UniqueConstraint("collection_id", "source_uri", "sha256", "page"),)
 
     id: Mapped[IntPK]
     collection_id: Mapped[int] = _fk("collections.id", index=False)
@@ -121,6 +124,7 @@ class Asset(Base):
     relative_path: Mapped[Uri]
     sha256: Mapped[Sha256]
     bytes: Mapped[ByteCount]
+    page: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     format: Mapped[str | None] = mapped_column(String(32))
     width: Mapped[OptInt]
     height: Mapped[OptInt]

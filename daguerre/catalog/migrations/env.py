@@ -1,9 +1,9 @@
 """Alembic environment of the catalog.
 
-Run through :func:`daguerre.catalog.db.upgrade`, which hands over an open connection in
-``config.attributes["connection"]``. From the ``alembic`` command (``-c
-daguerre/catalog/alembic.ini``) the engine is made from ``-x url=...``, else ``sqlalchemy.url``,
-with the same SQLite settings as the catalog's.
+Run through :func:`daguerre.catalog.db.upgrade`, which hands over an open connection, not in a
+transaction (this module begins and commits one), in ``config.attributes["connection"]``. From
+the ``alembic`` command (``-c daguerre/catalog/alembic.ini``) the engine is made from ``-x
+url=...``, else ``sqlalchemy.url``, with the same SQLite settings as the catalog's.
 """
 
 from __future__ import annotations
@@ -30,12 +30,38 @@ def _options(dialect_name: str) -> dict[str, object]:
     }
 
 
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    """Switch SQLite's foreign keys; only possible outside a transaction (else a silent no-op),
+    so the switch goes to the driver connection and is checked."""
+    driver = connection.connection.driver_connection
+    driver.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+    if bool(driver.execute("PRAGMA foreign_keys").fetchone()[0]) != on:
+        raise RuntimeError("SQLite catalog migrations must start outside a transaction")
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, **_options(connection.dialect.name))
-    with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        context.run_migrations()
+    # A batch migration rebuilds a SQLite table: copy, DROP, rename. With foreign keys on, the
+    # DROP deletes every row first and ON DELETE CASCADE empties the child tables. So they are
+    # off while migrating, and checked before the commit.
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        _sqlite_foreign_keys(connection, on=False)
+    try:
+        with connection.begin():
+            context.configure(connection=connection, **_options(connection.dialect.name))
+            with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY}
+                    )
+                context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+    finally:
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=True)
 
 
 def _url() -> str:
