@@ -234,6 +234,8 @@ def touched_by(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List every image an operator or a weights file touched (to recall a faulty model)."""
+    from daguerre.records import page_path
+
     cat = _open_catalog(_catalog_url(catalog), upgrade=False)
     rows = cat.touched_by(operator)
     if as_json:
@@ -244,7 +246,7 @@ def touched_by(
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row.source_uri,
+            page_path(row.source_uri, row.page),
             row.asset_sha256[:12],
             str(row.run.run_id),
             row.step.stage,
@@ -275,7 +277,7 @@ def samples(
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Argument(help="denoise or upscale.")],
+    task: Annotated[str, typer.Argument(help="denoise, upscale or damage.")],
     data: Annotated[
         list[Path], typer.Option("--data", help="Folder of clean training images. Repeatable.")
     ],
@@ -323,7 +325,7 @@ def train(
         usage_error(str(exc))
     console.print(
         f"wrote {result.weights} ({result.steps} steps, {result.minutes:.1f} min, "
-        f"validation PSNR {result.val_psnr})"
+        f"validation {result.metric} {result.val_score})"
     )
 
 

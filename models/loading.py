@@ -326,6 +326,10 @@ def _ours(
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
             level = torch.full((x.shape[0],), sigma or 0.0, device=x.device)
             return module(x, level)
+    elif arch.task == "damage":
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            return torch.sigmoid(module(x))  # damage probability per pixel
     else:
 
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
@@ -360,7 +364,7 @@ def _ours(
         version="user",
         scale=arch.scale(hp),
         in_channels=hp["in_channels"],
-        out_channels=hp["in_channels"],
+        out_channels=1 if arch.task == "damage" else hp["in_channels"],
         weights_sha256=sha,
         size_requirements=SizeRequirements(multiple_of=arch.multiple_of),
         tiling="supported",

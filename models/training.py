@@ -1,4 +1,4 @@
-"""Training Daguerre's own denoiser and upscaler from folders of clean images.
+"""Training Daguerre's own denoiser, upscaler and damage detector from folders of clean images.
 
 `train(task, data_dirs, out, minutes)` runs for a wall-clock budget, checkpoints every few
 minutes to `out.with_suffix(".ckpt.pt")` (plain tensors and types only, reloaded with
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from daguerre.imaging import degrade
 
 from .arch import Architecture, get_architecture
+from .arch import damage as damage_arch
 from .arch import denoise as denoise_arch
 from .arch import upscale as upscale_arch
 from .inference import pick_device
@@ -40,7 +41,12 @@ from .loading import safetensors_metadata, sha256_file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 # Benchmarks live here; training on them would make every reported number meaningless.
 FORBIDDEN_DATA_ROOTS: tuple[Path, ...] = (Path("/work/shared/datasets/test"),)
-TRAINABLE_TASKS = ("denoise", "upscale")
+TRAINABLE_TASKS = ("denoise", "upscale", "damage")
+ARCH_OF_TASK = {
+    "denoise": denoise_arch.ARCH_NAME,
+    "upscale": upscale_arch.ARCH_NAME,
+    "damage": damage_arch.ARCH_NAME,
+}
 CARD_VERSION = 1
 
 
@@ -67,6 +73,10 @@ class Recipe:
     grain_fraction: float = 0.10
     jpeg_fraction: float = 0.10
     clip_fraction: float = 0.5  # clip + quantise the noisy input to 8 bits, like real files
+    # damage: share of patches that go through the chain without any damage (to learn to leave
+    # real fine structure alone), and the weight of the soft-dice term beside BCE
+    clean_fraction: float = 0.25
+    dice_weight: float = 0.5
     # upscale
     scale: int = 2
     realistic: bool = False  # False: bicubic-only protocol; True: blur + noise + JPEG too
@@ -86,11 +96,13 @@ class Recipe:
     def hyperparameters(self, task: str) -> dict[str, int]:
         if task == "denoise":
             hp = dict(denoise_arch.DEFAULT_HYPERPARAMETERS)
+        elif task == "damage":
+            hp = dict(damage_arch.DEFAULT_HYPERPARAMETERS)
         else:
             hp = dict(upscale_arch.DEFAULT_HYPERPARAMETERS)
             hp["scale"] = self.scale
         hp["in_channels"] = self.in_channels
-        if self.layers is not None:
+        if self.layers is not None and task != "damage":
             hp["layers"] = self.layers
         if self.channels is not None:
             hp["channels"] = self.channels
@@ -104,8 +116,9 @@ class TrainResult:
     checkpoint: Path
     steps: int
     minutes: float
-    val_psnr: float | None
-    val_baseline_psnr: float | None
+    val_score: float | None  # validation PSNR (dB), or pixel F1 for damage: see `metric`
+    val_baseline: float | None
+    metric: str
     patches_per_s: float
     weights_sha256: str
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -258,6 +271,20 @@ def degrade_for_upscale(hr: np.ndarray, scale: int, rng: np.random.Generator) ->
     return _quantise(img)
 
 
+def degrade_for_damage(
+    clean: np.ndarray, rng: np.random.Generator, r: Recipe
+) -> tuple[np.ndarray, np.ndarray]:
+    """(damaged image (P, P, 3) float32, damage mask (P, P) bool) for one clean patch.
+
+    The old-photo chain (tone, optics, noise, JPEG) always runs, so fading, grain and blur are
+    never damage; `clean_fraction` of the patches get no damage at all.
+    """
+    undamaged = rng.random() < r.clean_fraction
+    cfg = degrade.undamaged_config() if undamaged else degrade.damage_training_config()
+    out = degrade.degrade(clean, rng, cfg)
+    return _quantise(out.image), out.damage_mask
+
+
 # ----------------------------------------------------------------------------- batches
 
 
@@ -326,6 +353,34 @@ def _upscale_batch(
     return _to_channels(lr, r.in_channels), _to_channels(hr, r.in_channels)
 
 
+def _damage_batch(
+    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    images, masks = [], []
+    for _ in range(r.batch_size):
+        img, mask = degrade_for_damage(data.patch(r.patch, rng), rng, r)
+        images.append(img)
+        masks.append(mask[:, :, None].astype(np.float32))
+    x = _to_channels(_nchw(images, device), r.in_channels)
+    return x, _nchw(masks, device)
+
+
+def _damage_loss(r: Recipe, logits: Tensor, target: Tensor) -> Tensor:
+    """BCE plus soft dice: BCE alone drifts to "no damage" because damage is rare."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return bce + r.dice_weight * dice
+
+
+def f1_score(pred: np.ndarray | Tensor, truth: np.ndarray | Tensor) -> float:
+    """Pixel F1 of boolean masks (1.0 when both are empty)."""
+    tp = float((pred & truth).sum())
+    fp = float((pred & ~truth).sum())
+    fn = float((~pred & truth).sum())
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
 def _psnr(a: Tensor, b: Tensor) -> float:
     mse = float(((a - b) ** 2).mean())
     return 99.0 if mse <= 1e-12 else 10 * math.log10(1.0 / mse)
@@ -336,12 +391,16 @@ class _Validation:
 
     denoise: Gaussian sigma 25, unclipped input, fixed seed; upscale: bicubic LR.
     Reports the mean PSNR (RGB, [0, 1]) of the model and of the trivial baseline
-    (the noisy input; bicubic upsampling).
+    (the noisy input; bicubic upsampling). damage: the training chain with a fixed seed;
+    reports the pixel F1 of the thresholded (p > 0.5) mask (`metric` says which).
     """
 
     def __init__(self, files: Sequence[Path], task: str, r: Recipe, device: torch.device) -> None:
         self.task, self.r = task, r
-        size = r.val_patch - r.val_patch % (r.scale if task == "upscale" else 2)
+        self.metric = "f1" if task == "damage" else "psnr"
+        self.baseline: float | None = None
+        multiple = {"upscale": r.scale, "damage": damage_arch.MULTIPLE_OF}.get(task, 2)
+        size = r.val_patch - r.val_patch % multiple
         crops = []
         for p in files[: r.val_patches]:
             img = read_image(p)
@@ -354,7 +413,12 @@ class _Validation:
         self.clean = _to_channels(_nchw(crops, device), r.in_channels) if crops else None
         if self.clean is None:
             return
-        if task == "denoise":
+        if task == "damage":
+            g = np.random.default_rng(0)
+            pairs = [degrade_for_damage(c, g, r) for c in crops]
+            self.inputs = _to_channels(_nchw([p[0] for p in pairs], device), r.in_channels)
+            self.truth = _nchw([p[1][:, :, None] for p in pairs], device)
+        elif task == "denoise":
             g = np.random.default_rng(0)
             noise = g.standard_normal(tuple(self.clean.shape), dtype=np.float32) * (25 / 255)
             self.inputs = self.clean + torch.from_numpy(noise).to(device)
@@ -378,6 +442,8 @@ class _Validation:
             else:
                 outs.append(model(x))
         model.train()
+        if self.task == "damage":
+            return f1_score(torch.cat(outs) > 0, self.truth)
         return _psnr(torch.cat(outs).clamp(0, 1), self.clean)
 
 
@@ -507,15 +573,15 @@ def train(
     card_path = out.with_suffix(".json")
 
     dev = pick_device(device)
-    arch: Architecture = get_architecture(
-        denoise_arch.ARCH_NAME if task == "denoise" else upscale_arch.ARCH_NAME
-    )
+    arch: Architecture = get_architecture(ARCH_OF_TASK[task])
     hp = r.hyperparameters(task)
 
     files = list_images(dirs)
     train_files, val_files = split_files(files, val_fraction)
     if not train_files:
         raise ValueError(f"no training images (PNG, JPEG, BMP) under {[str(d) for d in dirs]}")
+    if task == "damage" and r.patch % damage_arch.MULTIPLE_OF:
+        raise ValueError(f"damage training needs a patch multiple of {damage_arch.MULTIPLE_OF}")
     min_side = r.patch * (r.scale if task == "upscale" else 1)
     data = _Data(train_files, min_side)
     if not data.images:
@@ -531,7 +597,7 @@ def train(
     rng = np.random.default_rng(seed)
     step, elapsed_s, step_s, patches = 0, 0.0, 0.0, 0
     history: list[dict[str, Any]] = []
-    val_psnr: float | None = None
+    val_score: float | None = None
 
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -546,7 +612,7 @@ def train(
         step, elapsed_s = int(state["step"]), float(state["elapsed_s"])
         step_s, patches = float(state["step_s"]), int(state["patches"])
         history = list(state["history"])
-        val_psnr = state["val_psnr"]
+        val_score = state.get("val_score", state.get("val_psnr"))
         init_info = state.get("init_from")
 
     def checkpoint() -> None:
@@ -565,7 +631,7 @@ def train(
                 "step_s": step_s,
                 "patches": patches,
                 "history": history,
-                "val_psnr": val_psnr,
+                "val_score": val_score,
                 "init_from": init_info,
             },
         )
@@ -582,12 +648,14 @@ def train(
             t0 = time.perf_counter()
             if task == "denoise":
                 x, target, sigma = _denoise_batch(data, r, rng, dev)
+            elif task == "damage":
+                x, target = _damage_batch(data, r, rng, dev)
             else:
                 x, target = _upscale_batch(data, r, rng, dev)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, elapsed_s / budget_s, step)
             out_t = model(x, sigma) if task == "denoise" else model(x)
-            loss = _loss(r, out_t, target)
+            loss = _damage_loss(r, out_t, target) if task == "damage" else _loss(r, out_t, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -601,13 +669,15 @@ def train(
             now = time.monotonic()
             elapsed_s = now - start
             if now - last_val >= r.val_minutes * 60 or elapsed_s >= budget_s:
-                val_psnr = validate(model)
+                val_score = validate(model)
                 history.append(
                     {
                         "step": step,
                         "minutes": round(elapsed_s / 60, 3),
                         "loss": round(loss_avg, 6),
-                        "val_psnr": None if val_psnr is None else round(val_psnr, 3),
+                        f"val_{validate.metric}": None
+                        if val_score is None
+                        else round(val_score, 3),
                         "lr": opt.param_groups[0]["lr"],
                     }
                 )
@@ -615,14 +685,14 @@ def train(
             if now - last_ckpt >= r.checkpoint_minutes * 60:
                 checkpoint()
                 last_ckpt = time.monotonic()
-            vp = "-" if val_psnr is None else f"{val_psnr:.2f}"
+            vp = "-" if val_score is None else f"{val_score:.3f} {validate.metric}"
             bar.update(
                 min(elapsed_s, budget_s),
-                f"step {step} loss {loss_avg:.4f} val {vp} dB "
+                f"step {step} loss {loss_avg:.4f} val {vp} "
                 f"{patches / max(step_s, 1e-9):.0f} patches/s",
             )
-        if val_psnr is None:
-            val_psnr = validate(model)
+        if val_score is None:
+            val_score = validate(model)
         checkpoint()
     finally:
         bar.stop()
@@ -635,8 +705,9 @@ def train(
         checkpoint=ckpt_path,
         steps=step,
         minutes=round(elapsed_s / 60, 3),
-        val_psnr=None if val_psnr is None else round(val_psnr, 3),
-        val_baseline_psnr=getattr(validate, "baseline", None),
+        val_score=None if val_score is None else round(val_score, 3),
+        val_baseline=validate.baseline,
+        metric=validate.metric,
         patches_per_s=round(patches / max(step_s, 1e-9), 2),
         weights_sha256=weights_sha,
         history=history,
@@ -701,16 +772,17 @@ def _card(
     n_params: int,
 ) -> dict[str, Any]:
     scale = hp.get("scale", 1)
-    protocol = (
-        "Gaussian sigma 25 (levels), unclipped input, seed 0, RGB PSNR, centre crops"
-        if task == "denoise"
-        else f"x{scale} antialiased bicubic LR (8-bit), RGB PSNR, no border cut, centre crops"
-    )
+    protocol = {
+        "denoise": "Gaussian sigma 25 (levels), unclipped input, seed 0, RGB PSNR, centre crops",
+        "upscale": f"x{scale} antialiased bicubic LR (8-bit), RGB PSNR, no border cut, "
+        "centre crops",
+        "damage": "training damage chain, seed 0, pixel F1 at p > 0.5, centre crops",
+    }[task]
     metrics = {
-        "val_psnr": res.val_psnr,
-        "val_baseline_psnr": None
-        if res.val_baseline_psnr is None
-        else round(res.val_baseline_psnr, 3),
+        f"val_{res.metric}": res.val_score,
+        f"val_baseline_{res.metric}": None
+        if res.val_baseline is None
+        else round(res.val_baseline, 3),
         "val_protocol": protocol,
         "val_images": len(val_files),
     }
@@ -742,7 +814,7 @@ def _card(
             "architecture": arch.name,
             "scale": scale,
             "in_channels": hp["in_channels"],
-            "out_channels": hp["in_channels"],
+            "out_channels": 1 if task == "damage" else hp["in_channels"],
             "size_requirements": {"minimum": 0, "multiple_of": arch.multiple_of},
             "tiling": "supported",
             "receptive_overlap": arch.receptive_radius(hp),

@@ -283,3 +283,16 @@ def test_rejects_bad_shapes() -> None:
         dg.fade(np.zeros((8, 8), np.float32), 0.5)
     with pytest.raises(ValueError):
         dg.gaussian_blur(np.zeros((8, 8, 4), np.float32), 1.0)
+
+
+def test_damage_recipes_hold_out_colours_and_widths() -> None:
+    train_cfg, held_out = dg.damage_training_config(), dg.damage_held_out_config()
+    assert "tinted" not in train_cfg.scratch_colour_mode
+    assert held_out.scratch_colour_mode == "tinted"
+    assert held_out.scratch_width[0] > train_cfg.scratch_width[1]
+    assert held_out.dust_size[0] >= train_cfg.dust_size[1]
+    none = dg.undamaged_config()
+    img = np.full((64, 64, 3), 0.5, np.float32)
+    assert not dg.degrade(img, np.random.default_rng(0), none).damage_mask.any()
+    out, mask = dg.scratches(img, np.random.default_rng(0), 4, colour_mode="bright|dark")
+    assert mask.any() and out.shape == img.shape

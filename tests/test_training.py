@@ -130,11 +130,12 @@ def test_denoise_training_smoke_resume_and_use(data_dir, tmp_path) -> None:
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["weights_sha256"] == sha256_file(out) == first.weights_sha256
     assert card["task"] == "denoise" and card["hyperparameters"]["layers"] == 4
-    assert card["steps"] == first.steps and card["val_psnr"] == first.val_psnr
+    assert card["steps"] == first.steps and card["val_psnr"] == first.val_score
     assert card["data_dirs"] == [str(data_dir.resolve())] and card["seed"] == 0
     assert card["descriptor"]["weights_sha256"] == first.weights_sha256
     assert safetensors_metadata(out)["daguerre"]["task"] == "denoise"
-    assert first.val_psnr is not None and first.val_psnr > first.val_baseline_psnr
+    assert first.val_score is not None and first.val_baseline is not None
+    assert first.metric == "psnr" and first.val_score > first.val_baseline
 
     # The checkpoint holds only tensors and plain types.
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -211,3 +212,35 @@ def test_warm_start_copies_matching_tensors(data_dir, tmp_path) -> None:
             channels=16,
             threads=1,
         )
+
+
+def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
+    from daguerre.models.training import degrade_for_damage, f1_score
+
+    rng = np.random.default_rng(1)
+    img, mask = degrade_for_damage(np.full((64, 64, 3), 0.5, np.float32), rng, Recipe())
+    assert img.shape == (64, 64, 3) and mask.shape == (64, 64) and mask.dtype == bool
+    assert f1_score(np.ones(4, bool), np.ones(4, bool)) == 1.0
+    assert f1_score(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
+    assert f1_score(np.array([1, 0], bool), np.array([0, 1], bool)) == 0.0
+
+    res = train(
+        "damage",
+        [data_dir],
+        tmp_path / "dmg.safetensors",
+        0.02,
+        progress=False,
+        channels=8,
+        batch_size=2,
+        patch=32,
+        val_patch=48,
+        threads=1,
+    )
+    card = json.loads(res.card.read_text())
+    assert res.metric == "f1" and "val_f1" in card and 0.0 <= card["val_f1"] <= 1.0
+    assert card["descriptor"]["out_channels"] == 1
+    model = load_user_model("damage", str(res.weights), res.weights_sha256, "cpu")
+    prob = model.run(np.random.default_rng(0).random((30, 41, 3), dtype=np.float32))
+    assert prob.shape == (30, 41, 1) and prob.min() >= 0.0 and prob.max() <= 1.0
+    with pytest.raises(ValueError, match="multiple of 4"):
+        train("damage", [data_dir], tmp_path / "x.safetensors", 0.0, progress=False, patch=30)

@@ -18,7 +18,7 @@ patch goes through the whole default chain in a few milliseconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ __all__ = [
     "DegradationConfig",
     "Degraded",
     "changed_mask",
+    "damage_held_out_config",
+    "damage_training_config",
     "degrade",
     "downscale",
     "dust",
@@ -48,6 +50,7 @@ __all__ = [
     "sepia",
     "stains",
     "tears_and_folds",
+    "undamaged_config",
     "to_monochrome",
     "yellowing",
 ]
@@ -56,7 +59,8 @@ __all__ = [
 # the change is not visible on a print and a detector could not be expected to find it.
 VISIBLE_DELTA = 0.03
 
-ColourMode = Literal["mixed", "bright", "dark", "relative", "tinted"]
+# Or several modes joined by "|" ("bright|dark"): each item picks one of them.
+ColourMode = Literal["mixed", "bright", "dark", "relative", "tinted"] | str
 ResizeMethod = Literal["bicubic", "bilinear", "lanczos", "area", "nearest"]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec.601, as in cv2/PIL "L"
@@ -511,6 +515,8 @@ def _pick_colour(
     rng: np.random.Generator, mode: str, channels: int
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(absolute colour, None) or (None, delta relative to the background), both (C,)."""
+    if "|" in mode:
+        mode = str(rng.choice(mode.split("|")))
     if mode == "mixed":
         mode = str(rng.choice(["bright", "dark", "relative", "tinted"], p=[0.35, 0.3, 0.2, 0.15]))
     colour: np.ndarray | None = None
@@ -588,7 +594,8 @@ def scratches(
     (``opacity_range`` in [0, 1]), blur (sharp to 1.2 px), opacity that fades in and out along
     its length, and colour. ``colour_mode``: "bright" (emulsion scratched off a print, 0.7-1),
     "dark" (0-0.3), "relative" (background shifted by +-0.2-0.6, so it follows the picture),
-    "tinted" (random hue, like a scratch through a dye layer) or "mixed" (each scratch picks one).
+    "tinted" (random hue, like a scratch through a dye layer) or "mixed" (each scratch picks one);
+    several modes joined by "|" make each scratch pick one of those.
 
     Returns (image, mask): mask (H, W) bool of the pixels visibly changed.
     """
@@ -1108,3 +1115,52 @@ def degrade(
         for k, a in params.items()
     }
     return Degraded(image=_clip(x.copy() if x is img else x), damage_mask=mask, params=params)
+
+
+# --------------------------------------------------------------------------------------------
+# the damage detector's recipes
+
+# Scratch colours and widths, and dust sizes, that the detector's training never sees: the
+# benchmark draws its damage from these, so a model that learned a few colours instead of
+# shapes fails there.
+HELD_OUT_SCRATCH_COLOURS = "tinted"
+HELD_OUT_SCRATCH_WIDTH: Range = (4.6, 6.4)
+HELD_OUT_DUST_SIZE: Range = (4.0, 6.0)
+
+
+def damage_training_config() -> DegradationConfig:
+    """The damage detector's training chain: the old-photo chain with damage on most images.
+
+    Scratches are bright, dark or relative to the background (tinted ones are held out), 1-4
+    px wide; dust 0.5-4 px; stains, folds and tears as in the default chain, more often.
+    """
+    return replace(
+        DegradationConfig(),
+        p_stains=0.3,
+        p_tears_folds=0.12,
+        p_scratches=0.65,
+        scratch_colour_mode="bright|dark|relative",
+        p_dust=0.65,
+    )
+
+
+def damage_held_out_config() -> DegradationConfig:
+    """The benchmark's chain: every image scratched and dusty, with the held-out colours,
+    scratch widths and dust sizes; stains and folds/tears as in training."""
+    return replace(
+        DegradationConfig(),
+        p_stains=0.3,
+        p_tears_folds=0.12,
+        p_scratches=1.0,
+        scratch_colour_mode=HELD_OUT_SCRATCH_COLOURS,
+        scratch_width=HELD_OUT_SCRATCH_WIDTH,
+        p_dust=1.0,
+        dust_size=HELD_OUT_DUST_SIZE,
+    )
+
+
+def undamaged_config() -> DegradationConfig:
+    """The old-photo chain without any damage: what the detector must leave unmarked."""
+    return replace(
+        DegradationConfig(), p_stains=0.0, p_tears_folds=0.0, p_scratches=0.0, p_dust=0.0
+    )

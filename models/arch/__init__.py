@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import denoise, upscale
+from . import damage, denoise, upscale
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,18 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         takes_noise_level=False,
         multiple_of=1,
         receptive_radius=lambda hp: int(hp["layers"]) + 2,  # + 2: the bicubic skip
+    ),
+    Architecture(
+        name=damage.ARCH_NAME,
+        task="damage",
+        module_class=damage.DamageUNet,
+        detect=damage.detect,
+        hyperparameters_from_state_dict=damage.hyperparameters_from_state_dict,
+        load=damage.load,
+        default_hyperparameters=damage.DEFAULT_HYPERPARAMETERS,
+        takes_noise_level=False,
+        multiple_of=damage.MULTIPLE_OF,
+        receptive_radius=lambda hp: damage.RECEPTIVE_RADIUS,
     ),
 )
 
