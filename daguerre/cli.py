@@ -78,13 +78,14 @@ def _redact(url: str) -> str:
 def _parse_models(specs: list[str]) -> dict[str, str]:
     from daguerre.records import PIXEL_STAGES
 
+    tasks = (*PIXEL_STAGES, "damage")
     models: dict[str, str] = {}
     for spec in specs:
         task, sep, source = spec.partition("=")
         if not sep or not source:
             usage_error(f"--model expects TASK=PATH_OR_S3_URI[#sha256=HEX], got {spec!r}")
-        if task not in PIXEL_STAGES:
-            usage_error(f"--model: unknown task {task!r}; choose from {', '.join(PIXEL_STAGES)}")
+        if task not in tasks:
+            usage_error(f"--model: unknown task {task!r}; choose from {', '.join(tasks)}")
         models[task] = source
     return models
 

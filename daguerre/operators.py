@@ -12,8 +12,8 @@ algorithm or an architecture.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import cv2
@@ -312,6 +312,65 @@ class UpscaleChoice(_Tiled):
         return self.select(int(params.get("scale", 2))).prepare(source, params, ctx)
 
 
+# --------------------------------------------------------------------------- damage detectors
+# Detection's damage mask, tile by tile at full resolution: not a pixel stage (it makes the
+# mask inpainting fills) but chosen and recorded the same way (`--model damage=...`).
+
+DAMAGE = "damage"
+# A pixel is damage when the model's probability exceeds this.
+DAMAGE_THRESHOLD = 0.5
+MaskFn = Callable[[np.ndarray, Tile], np.ndarray]
+
+
+@dataclass
+class ClassicalDamage:
+    """Per-channel dust rings and scratch runs (`daguerre.imaging.detect.damage_mask`)."""
+
+    stage: str = DAMAGE
+    id: str = "daguerre.damage-classical"
+    version: str = __version__
+    weights_sha256: str | None = None
+    device: str = "cpu"
+
+    def mask_job(self) -> tuple[TileRequirements, MaskFn]:
+        from daguerre.imaging.detect import DAMAGE_CONTEXT, damage_mask
+
+        return TileRequirements(context=DAMAGE_CONTEXT, blend=0, tile=2048), (
+            lambda pixels, tile: damage_mask(pixels)
+        )
+
+
+@dataclass
+class LearnedDamage:
+    """A segmentation model's probability map, thresholded. Tiles butt-join (blend 0): the
+    context covers the receptive field, and a thresholded mask cannot be cross-faded."""
+
+    model: Any  # daguerre.models.loading.LoadedModel
+    threshold: float = DAMAGE_THRESHOLD
+    stage: str = DAMAGE
+    id: str = ""
+    version: str = ""
+    weights_sha256: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.id = self.model.model_id
+        self.version = getattr(self.model, "version", "") or "user"
+        self.weights_sha256 = self.model.weights_sha256
+        self.device = str(self.model.device)
+
+    def mask_job(self) -> tuple[TileRequirements, MaskFn]:
+        req = replace(model_requirements(self.model), blend=0)
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            return self.model.run(pixels)[:, :, 0] > self.threshold
+
+        return req, fn
+
+
+DamageDetector = ClassicalDamage | LearnedDamage
+
+
 # --------------------------------------------------------------------------- learned
 
 
@@ -447,13 +506,14 @@ def resolve_operators(
 ) -> dict[str, Operator | None]:
     """Pick the operator of every pixel stage: user's model, else shipped default, else classical.
 
-    `None` means the stage has no operator here (colorize with no colorizer model). Loaded models
-    are cached per process so a worker loads each weights file once.
+    `None` means the stage has no operator here (colorize with no colorizer model). The damage
+    detector comes along under "damage" (so it is part of the configuration's identity). Loaded
+    models are cached per process so a worker loads each weights file once.
     """
     from daguerre.records import PIXEL_STAGES
 
     out: dict[str, Operator | None] = {}
-    for stage in PIXEL_STAGES:
+    for stage in (*PIXEL_STAGES, DAMAGE):
         key = (stage, models.get(stage), device)
         with _cache_lock:
             if key not in _cache:
@@ -465,8 +525,19 @@ def resolve_operators(
 CLASSICAL_SPEC = "classical"
 
 
-def _make_operator(stage: str, user_spec: str | None, device: str) -> Operator | None:
+def damage_detector(
+    models: Mapping[str, str], device: str = "auto"
+) -> ClassicalDamage | LearnedDamage:
+    """The damage detector: the user's model, else the shipped one, else the classical one."""
+    found = resolve_operators((), models, device)[DAMAGE]
+    assert isinstance(found, ClassicalDamage | LearnedDamage)
+    return found
+
+
+def _make_operator(stage: str, user_spec: str | None, device: str) -> Any:
     task_name = stage
+    if stage == DAMAGE:
+        return _damage_detector(user_spec, device)
     if user_spec == CLASSICAL_SPEC:
         # The archivist's choice: the classical algorithm even where a learned default exists.
         if stage not in CLASSICAL:
@@ -511,3 +582,21 @@ def _upscale_operator(
     if user_op is not None:
         by_scale[int(user_op.model.scale)] = user_op
     return UpscaleChoice(by_scale) if by_scale else LanczosUpscale()
+
+
+def _damage_detector(user_spec: str | None, device: str) -> ClassicalDamage | LearnedDamage:
+    if user_spec == CLASSICAL_SPEC:
+        return ClassicalDamage()
+    if user_spec is not None:
+        from daguerre.models.loading import load_user_model, parse_model_spec
+
+        spec = parse_model_spec(f"{DAMAGE}={user_spec}")
+        return LearnedDamage(load_user_model(DAMAGE, spec.source, spec.sha256, device))
+    from daguerre.models.registry import default_for
+
+    default = default_for(DAMAGE)
+    if default is None:
+        return ClassicalDamage()
+    from daguerre.models.loading import load_model
+
+    return LearnedDamage(load_model(default, device=device))

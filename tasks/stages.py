@@ -34,7 +34,13 @@ from daguerre.imaging.large import (
     write_preservation,
 )
 from daguerre.imaging.plan import PlanOptions, plan_restoration, plan_to_json
-from daguerre.operators import StageContext, operator_for, resolve_operators, run_operator
+from daguerre.operators import (
+    StageContext,
+    damage_detector,
+    operator_for,
+    resolve_operators,
+    run_operator,
+)
 from daguerre.records import AssetFacts, DerivativeFacts, ImageRef, StepFacts, StepStatus
 from daguerre.tasks.io import (
     SCRATCH_ENV,
@@ -248,12 +254,15 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
     """
     started, t0 = _now(), time.perf_counter()
     prefix = work_prefix(run_id, asset.sha256, asset.page)
+    detector = damage_detector(cfg.models, cfg.device)
     with (
         scratch(cfg.dest) as folder,
         opened_master(cfg.source, asset, folder, cfg.max_pixels) as master,
     ):
         sink = TiffSink(folder / "mask-cells", "uchar")
-        detection, stats = detect_source(master.source(), master.info, sink)
+        detection, stats = detect_source(
+            master.source(), master.info, sink, mask_job=detector.mask_job()
+        )
         mask_ref = None
         if detection.damage_coverage > 0:
             path = sink.finish(folder / "damage-mask.tif")
@@ -276,12 +285,14 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
         status=StepStatus.APPLIED,
         operator=DETECT_OPERATOR,
         operator_version=__version__,
+        # The damage mask is the detector's: its weights are this step's (touched-by finds them).
+        weights_sha256=detector.weights_sha256,
         parameters={
-            "damage": "classical top-hat/black-hat, tiled at full resolution",
+            "damage": f"{detector.id}@{detector.version}, tiled at full resolution",
             "statistics": "downscaled view",
             "faces": "opencv haar frontalface",
         },
-        device="cpu",
+        device=detector.device,
         duration_s=round(time.perf_counter() - t0, 4),
         input_sha256=asset.sha256,
         output_sha256=mask_ref.sha256 if mask_ref else None,

@@ -10,7 +10,7 @@ from daguerre.records import PIXEL_STAGES
 
 def test_every_stage_resolves_and_colorize_needs_a_model() -> None:
     operators = resolve_operators(("denoise", "inpaint"), {}, "cpu")
-    assert set(operators) == set(PIXEL_STAGES)
+    assert set(operators) == {*PIXEL_STAGES, "damage"}
     assert operators["colorize"] is None
     for stage in ("inpaint", "tone", "upscale"):
         assert operators[stage] is not None and operators[stage].stage == stage
@@ -42,3 +42,58 @@ def test_upscale_choice_picks_the_model_of_each_factor() -> None:
     )
     out = choice.apply(np.zeros((5, 6, 3), np.float32), {"scale": 4}, StageContext())
     assert out.pixels.shape == (20, 24, 3)
+
+
+def _random_damage_model(path) -> str:
+    import torch
+    from safetensors.torch import save_file
+
+    from daguerre.models.arch.damage import DamageUNet
+    from daguerre.models.loading import sha256_file
+
+    torch.manual_seed(0)
+    save_file(DamageUNet(channels=8).state_dict(), str(path))
+    return sha256_file(path)
+
+
+def test_learned_damage_detector_tiles_like_the_whole_image(tmp_path) -> None:
+    import numpy as np
+
+    from daguerre.imaging.tiling import tile_array
+    from daguerre.operators import ClassicalDamage, LearnedDamage, damage_detector
+
+    assert isinstance(damage_detector({"damage": "classical"}, "cpu"), ClassicalDamage)
+    path = tmp_path / "damage.safetensors"
+    sha = _random_damage_model(path)
+    detector = damage_detector({"damage": str(path)}, "cpu")
+    assert isinstance(detector, LearnedDamage) and detector.weights_sha256 == sha
+    req, mask_fn = detector.mask_job()
+    assert req.blend == 0 and req.multiple_of == 4 and req.context >= 48
+    img = np.random.default_rng(0).random((150, 173, 3), dtype=np.float32)
+
+    def prob(pixels, tile):
+        return detector.model.run(pixels)
+
+    whole = detector.model.run(img)
+    tiled = tile_array(img, prob, req, tile=128)
+    assert np.abs(tiled - whole).max() < 1e-4
+    assert mask_fn(img, None).shape == (150, 173)
+
+
+def test_detect_stage_records_the_damage_model(tmp_path) -> None:
+    import cv2
+    from skimage import data
+
+    from daguerre.config import RestoreConfig
+    from daguerre.tasks.stages import detect_stage, inspect_master
+
+    source, dest = tmp_path / "masters", tmp_path / "out"
+    source.mkdir()
+    cv2.imwrite(str(source / "cat.png"), data.chelsea()[:96, :128, ::-1])
+    path = tmp_path / "damage.safetensors"
+    sha = _random_damage_model(path)
+    cfg = RestoreConfig(source=str(source), dest=str(dest), models={"damage": str(path)})
+    (asset,) = inspect_master.fn(cfg.source, "cat.png")
+    detected = detect_stage.fn(cfg, 1, asset)
+    assert detected.step.weights_sha256 == sha
+    assert detected.step.parameters["damage"].startswith("user:daguerre-damage-unet@")

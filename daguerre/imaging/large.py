@@ -11,6 +11,7 @@ Pixel convention as everywhere: regions come out as float32 (h, w, C) in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,19 +332,22 @@ def _noise_sigma(source: RegionSource, tile: int = 256, grid: int = 3) -> float:
 
 
 def _mask_tile(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-    return damage_mask(pixels).astype(np.float32)[:, :, None]
+    return damage_mask(pixels)
 
 
 def detect_source(
     source: VipsSource | RegionSource,
     info: ImageInfo | None,
     mask_sink: TiffSink | None = None,
+    mask_job: tuple[TileRequirements, Callable[[np.ndarray, Tile], np.ndarray]] | None = None,
 ) -> tuple[Detection, TileStats | None]:
     """detect() for an image of any size: statistics on a downscaled view, noise on
     full-resolution samples, the damage mask tile by tile at full resolution into mask_sink.
 
-    The returned Detection has damage_mask=None (the mask went to the sink); images of up to
-    ANALYSIS_LONG_EDGE px and one mask tile give exactly what detect() gives.
+    `mask_job` is the damage detector's tile requirements and its function of one tile
+    (returning an (h, w) bool mask); None is the classical detector. The returned Detection
+    has damage_mask=None (the mask went to the sink); images of up to ANALYSIS_LONG_EDGE px and
+    one mask tile give exactly what detect() gives.
     """
     if hasattr(source, "view"):
         view = source.view(ANALYSIS_LONG_EDGE)
@@ -362,13 +366,17 @@ def detect_source(
     if mask_sink is not None:
         counter = _Counter()
 
+        requirements, mask_fn = mask_job or (MASK_REQUIREMENTS, _mask_tile)
+
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            out = _mask_tile(pixels, tile)
+            out = np.asarray(mask_fn(pixels, tile), np.float32).reshape(pixels.shape[:2])[
+                :, :, None
+            ]
             rows, cols = tile.cell.relative_to(tile.read)
             counter.n += int(out[rows, cols].sum())
             return out
 
-        stats = apply_tiled(source, fn, MASK_REQUIREMENTS, mask_sink)
+        stats = apply_tiled(source, fn, requirements, mask_sink)
         masked = counter.n
     total = source.width * source.height
     detection = Detection(
