@@ -280,8 +280,16 @@ class LanczosUpscale(_Tiled):
             context=6, blend=0, scale=scale, tile=max(256, CLASSICAL_TILE // scale)
         )
 
+        buffers: dict[tuple[int, ...], np.ndarray] = {}
+
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            return classical.lanczos_upscale(pixels, scale)
+            # Balanced tiles have few distinct shapes: one output buffer each, reused (the
+            # tiler copies a tile's output out before it asks for the next tile).
+            h, w, c = pixels.shape
+            shape = (h * scale, w * scale, c)
+            if shape not in buffers:
+                buffers[shape] = np.empty(shape, np.float32)
+            return classical.lanczos_upscale(pixels, scale, out=buffers[shape])
 
         return TileJob(req, fn, {"scale": scale})
 
