@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .arch import Architecture, detect_architecture, get_architecture
 from .inference import estimate_noise_sigma, pick_device
-from .registry import TASKS, ModelDescriptor, SizeRequirements, get_descriptor
+from .registry import SHIPPED, TASKS, ModelDescriptor, SizeRequirements, get_descriptor
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -415,6 +415,16 @@ def load_user_model(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     dev = pick_device(device) if isinstance(device, str) else device
+    shipped = next((d for d in SHIPPED if d.id == source), None)
+    if shipped is not None:  # a shipped model that is not the default, chosen by its id
+        if shipped.task != task:
+            raise WeightsError(f"{source} is a {shipped.task} model, not a {task} model")
+        if expected_sha256 is not None and expected_sha256 != shipped.weights_sha256:
+            raise WeightsError(f"{source}: sha256 {shipped.weights_sha256}, not {expected_sha256}")
+        model = load_model(shipped, device=dev)
+        if scale is not None and model.scale != scale:
+            raise WeightsError(f"{source}: a x{model.scale} model, x{scale} was asked for")
+        return model
     data = _read_source(source)
     sha = _verified(data, expected_sha256, source)
     state_dict = _load_bytes(data, source)

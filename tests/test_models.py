@@ -514,3 +514,17 @@ def test_byo_from_s3_uri_goes_through_storage(tmp_path, monkeypatch) -> None:
     loaded = load_user_model("denoise", "s3://bucket/models/dn.safetensors", sha, "cpu")
     assert opened == [("s3://bucket/models", True)]
     assert loaded.weights_sha256 == sha and loaded.source == "s3://bucket/models/dn.safetensors"
+
+
+def test_a_shipped_model_can_be_chosen_by_id() -> None:
+    from daguerre.models.loading import WeightsError, load_user_model
+    from daguerre.models.registry import SHIPPED
+
+    first = SHIPPED[0]
+    model = load_user_model(first.task, first.id, device="cpu")
+    assert model.model_id == first.id and model.weights_sha256 == first.weights_sha256
+    other = next(t for t in ("denoise", "upscale") if t != first.task)
+    with pytest.raises(WeightsError, match="not a"):
+        load_user_model(other, first.id, device="cpu")
+    with pytest.raises(WeightsError, match="sha256"):
+        load_user_model(first.task, first.id, "0" * 64, device="cpu")
