@@ -330,6 +330,11 @@ def _ours(
 
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
             return torch.sigmoid(module(x))  # damage probability per pixel
+    elif arch.task == "inpaint":
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            assert mask is not None
+            return module(x, mask)
     else:
 
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
@@ -354,6 +359,7 @@ def _ours(
             receptive_overlap=d.receptive_overlap,
             takes_noise_level=d.takes_noise_level,
             device=device,
+            needs_mask=arch.task == "inpaint",
         )
     return LoadedModel(
         module=module,
@@ -371,6 +377,7 @@ def _ours(
         receptive_overlap=radius,
         takes_noise_level=arch.takes_noise_level,
         device=device,
+        needs_mask=arch.task == "inpaint",
         source=source,
     )
 

@@ -34,6 +34,7 @@ from daguerre.imaging import degrade
 from .arch import Architecture, get_architecture
 from .arch import damage as damage_arch
 from .arch import denoise as denoise_arch
+from .arch import inpaint as inpaint_arch
 from .arch import upscale as upscale_arch
 from .inference import pick_device
 from .loading import safetensors_metadata, sha256_file
@@ -41,12 +42,15 @@ from .loading import safetensors_metadata, sha256_file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 # Benchmarks live here; training on them would make every reported number meaningless.
 FORBIDDEN_DATA_ROOTS: tuple[Path, ...] = (Path("/work/shared/datasets/test"),)
-TRAINABLE_TASKS = ("denoise", "upscale", "damage")
+TRAINABLE_TASKS = ("denoise", "upscale", "damage", "inpaint")
 ARCH_OF_TASK = {
     "denoise": denoise_arch.ARCH_NAME,
     "upscale": upscale_arch.ARCH_NAME,
     "damage": damage_arch.ARCH_NAME,
+    "inpaint": inpaint_arch.ARCH_NAME,
 }
+# Input sides must be multiples of these (strided levels); patches are checked against them.
+PATCH_MULTIPLE = {"damage": damage_arch.MULTIPLE_OF, "inpaint": inpaint_arch.MULTIPLE_OF}
 CARD_VERSION = 1
 
 
@@ -98,11 +102,13 @@ class Recipe:
             hp = dict(denoise_arch.DEFAULT_HYPERPARAMETERS)
         elif task == "damage":
             hp = dict(damage_arch.DEFAULT_HYPERPARAMETERS)
+        elif task == "inpaint":
+            hp = dict(inpaint_arch.DEFAULT_HYPERPARAMETERS)
         else:
             hp = dict(upscale_arch.DEFAULT_HYPERPARAMETERS)
             hp["scale"] = self.scale
         hp["in_channels"] = self.in_channels
-        if self.layers is not None and task != "damage":
+        if self.layers is not None and task not in PATCH_MULTIPLE:
             hp["layers"] = self.layers
         if self.channels is not None:
             hp["channels"] = self.channels
@@ -285,6 +291,16 @@ def degrade_for_damage(
     return _quantise(out.image), out.damage_mask
 
 
+def degrade_for_inpaint(
+    clean: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(damaged (P, P, 3), mask (P, P) bool, target (P, P, 3)) for one clean patch: the target
+    is the aged image before the damage (no noise or compression follows the damage here)."""
+    out = degrade.degrade(clean, rng, degrade.inpainting_training_config())
+    assert out.before_damage is not None
+    return _quantise(out.image), out.damage_mask, _quantise(out.before_damage)
+
+
 # ----------------------------------------------------------------------------- batches
 
 
@@ -365,6 +381,54 @@ def _damage_batch(
     return x, _nchw(masks, device)
 
 
+def _inpaint_batch(
+    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    damaged, masks, targets = [], [], []
+    for _ in range(r.batch_size):
+        d, m, t = degrade_for_inpaint(data.patch(r.patch, rng), rng)
+        damaged.append(d)
+        masks.append(m[:, :, None].astype(np.float32))
+        targets.append(t)
+    x = _to_channels(_nchw(damaged, device), r.in_channels)
+    target = _to_channels(_nchw(targets, device), r.in_channels)
+    return x, _nchw(masks, device), target
+
+
+def _masked_l1(out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over the masked pixels only (the rest is copied from the input)."""
+    weight = mask.expand_as(out)
+    return ((out - target).abs() * weight).sum() / (weight.sum() + 1.0)
+
+
+def _masked_psnr(out: Tensor, target: Tensor, mask: Tensor) -> float:
+    weight = mask.expand_as(out)
+    mse = float((((out - target) ** 2) * weight).sum() / weight.sum().clamp(min=1.0))
+    return 99.0 if mse <= 1e-12 else 10 * math.log10(1.0 / mse)
+
+
+def _batch_loss(
+    task: str,
+    model: nn.Module,
+    data: _Data,
+    r: Recipe,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> Tensor:
+    """One training batch of `task`, through the model, to its loss."""
+    if task == "denoise":
+        x, target, sigma = _denoise_batch(data, r, rng, device)
+        return _loss(r, model(x, sigma), target)
+    if task == "damage":
+        x, target = _damage_batch(data, r, rng, device)
+        return _damage_loss(r, model(x), target)
+    if task == "inpaint":
+        x, mask, target = _inpaint_batch(data, r, rng, device)
+        return _masked_l1(model(x, mask), target, mask)
+    x, target = _upscale_batch(data, r, rng, device)
+    return _loss(r, model(x), target)
+
+
 def _damage_loss(r: Recipe, logits: Tensor, target: Tensor) -> Tensor:
     """BCE plus soft dice: BCE alone drifts to "no damage" because damage is rare."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
@@ -399,7 +463,7 @@ class _Validation:
         self.task, self.r = task, r
         self.metric = "f1" if task == "damage" else "psnr"
         self.baseline: float | None = None
-        multiple = {"upscale": r.scale, "damage": damage_arch.MULTIPLE_OF}.get(task, 2)
+        multiple = {"upscale": r.scale, **PATCH_MULTIPLE}.get(task, 2)
         size = r.val_patch - r.val_patch % multiple
         crops = []
         for p in files[: r.val_patches]:
@@ -413,7 +477,18 @@ class _Validation:
         self.clean = _to_channels(_nchw(crops, device), r.in_channels) if crops else None
         if self.clean is None:
             return
-        if task == "damage":
+        if task == "inpaint":
+            from daguerre.imaging.classical import telea_inpaint
+
+            g = np.random.default_rng(0)
+            triples = [degrade_for_inpaint(c, g) for c in crops]
+            self.inputs = _to_channels(_nchw([t[0] for t in triples], device), r.in_channels)
+            self.mask = _nchw([t[1][:, :, None].astype(np.float32) for t in triples], device)
+            self.target = _to_channels(_nchw([t[2] for t in triples], device), r.in_channels)
+            telea = [telea_inpaint(t[0], t[1], radius=3) for t in triples]
+            telea_t = _to_channels(_nchw(telea, device), r.in_channels)
+            self.baseline = _masked_psnr(telea_t, self.target, self.mask)
+        elif task == "damage":
             g = np.random.default_rng(0)
             pairs = [degrade_for_damage(c, g, r) for c in crops]
             self.inputs = _to_channels(_nchw([p[0] for p in pairs], device), r.in_channels)
@@ -439,9 +514,13 @@ class _Validation:
             x = self.inputs[i : i + 8].contiguous(memory_format=torch.channels_last)
             if self.task == "denoise":
                 outs.append(model(x, self.sigma[i : i + 8]))
+            elif self.task == "inpaint":
+                outs.append(model(x, self.mask[i : i + 8]))
             else:
                 outs.append(model(x))
         model.train()
+        if self.task == "inpaint":
+            return _masked_psnr(torch.cat(outs).clamp(0, 1), self.target, self.mask)
         if self.task == "damage":
             return f1_score(torch.cat(outs) > 0, self.truth)
         return _psnr(torch.cat(outs).clamp(0, 1), self.clean)
@@ -580,8 +659,8 @@ def train(
     train_files, val_files = split_files(files, val_fraction)
     if not train_files:
         raise ValueError(f"no training images (PNG, JPEG, BMP) under {[str(d) for d in dirs]}")
-    if task == "damage" and r.patch % damage_arch.MULTIPLE_OF:
-        raise ValueError(f"damage training needs a patch multiple of {damage_arch.MULTIPLE_OF}")
+    if r.patch % PATCH_MULTIPLE.get(task, 1):
+        raise ValueError(f"{task} training needs a patch multiple of {PATCH_MULTIPLE[task]}")
     min_side = r.patch * (r.scale if task == "upscale" else 1)
     data = _Data(train_files, min_side)
     if not data.images:
@@ -646,16 +725,9 @@ def train(
     try:
         while elapsed_s < budget_s:
             t0 = time.perf_counter()
-            if task == "denoise":
-                x, target, sigma = _denoise_batch(data, r, rng, dev)
-            elif task == "damage":
-                x, target = _damage_batch(data, r, rng, dev)
-            else:
-                x, target = _upscale_batch(data, r, rng, dev)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, elapsed_s / budget_s, step)
-            out_t = model(x, sigma) if task == "denoise" else model(x)
-            loss = _damage_loss(r, out_t, target) if task == "damage" else _loss(r, out_t, target)
+            loss = _batch_loss(task, model, data, r, rng, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -777,6 +849,8 @@ def _card(
         "upscale": f"x{scale} antialiased bicubic LR (8-bit), RGB PSNR, no border cut, "
         "centre crops",
         "damage": "training damage chain, seed 0, pixel F1 at p > 0.5, centre crops",
+        "inpaint": "inpainting damage chain, seed 0, PSNR over masked pixels (baseline: "
+        "OpenCV Telea r=3), centre crops",
     }[task]
     metrics = {
         f"val_{res.metric}": res.val_score,

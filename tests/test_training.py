@@ -244,3 +244,36 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     assert prob.shape == (30, 41, 1) and prob.min() >= 0.0 and prob.max() <= 1.0
     with pytest.raises(ValueError, match="multiple of 4"):
         train("damage", [data_dir], tmp_path / "x.safetensors", 0.0, progress=False, patch=30)
+
+
+def test_inpaint_training_smoke_and_use(data_dir, tmp_path) -> None:
+    from daguerre.models.training import degrade_for_inpaint
+
+    clean = _picture(64, 64, 3).astype(np.float32) / 255
+    damaged, mask, target = degrade_for_inpaint(clean, np.random.default_rng(2))
+    assert damaged.shape == target.shape == (64, 64, 3) and mask.shape == (64, 64)
+    # Outside the damage the target is the input (nothing after the damage changes pixels).
+    assert np.abs(damaged - target)[~mask].max() < 0.04
+
+    res = train(
+        "inpaint",
+        [data_dir],
+        tmp_path / "inp.safetensors",
+        0.02,
+        progress=False,
+        channels=8,
+        batch_size=2,
+        patch=32,
+        val_patch=48,
+        threads=1,
+    )
+    card = json.loads(res.card.read_text())
+    assert res.metric == "psnr" and card["val_baseline_psnr"] is not None
+    model = load_user_model("inpaint", str(res.weights), res.weights_sha256, "cpu")
+    assert model.needs_mask
+    img = np.random.default_rng(0).random((30, 41, 3), dtype=np.float32)
+    hole = np.zeros((30, 41), bool)
+    hole[10:15, 5:30] = True
+    out = model.run(img, mask=hole)
+    assert out.shape == img.shape
+    assert np.array_equal(out[~hole], img[~hole])  # only masked pixels change

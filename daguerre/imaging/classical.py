@@ -100,11 +100,17 @@ def nlm_denoise(pixels: np.ndarray, sigma: float, bit_depth: int | None = 8) -> 
 _TELEA_SCALE = 65535.0
 
 
-def telea_inpaint(pixels: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
-    """Fill mask (H, W) bool by Telea's fast marching method, channel by channel in float32.
+def telea_inpaint(
+    pixels: np.ndarray, mask: np.ndarray, radius: int = 3, method: str = "telea"
+) -> np.ndarray:
+    """Fill mask (H, W) bool by Telea's fast marching method (or `method="ns"`, OpenCV's
+    Navier-Stokes), channel by channel in float32.
 
     Pixels outside the mask are returned bit-identical to the input.
     """
+    flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}.get(method)
+    if flag is None:
+        raise ValueError(f"method must be 'telea' or 'ns', got {method!r}")
     pixels = _check(pixels)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != pixels.shape[:2]:
@@ -118,7 +124,7 @@ def telea_inpaint(pixels: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.n
     scaled = source * np.float32(_TELEA_SCALE)
     filled = np.stack(
         [
-            cv2.inpaint(np.ascontiguousarray(scaled[:, :, c]), mask_u8, radius, cv2.INPAINT_TELEA)
+            cv2.inpaint(np.ascontiguousarray(scaled[:, :, c]), mask_u8, radius, flag)
             for c in range(source.shape[2])
         ],
         axis=2,

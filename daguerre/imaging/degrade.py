@@ -41,6 +41,7 @@ __all__ = [
     "gaussian_blur",
     "gaussian_noise",
     "halftone",
+    "inpainting_training_config",
     "jpeg_artifacts",
     "motion_blur",
     "paper_texture",
@@ -1005,6 +1006,9 @@ class Degraded:
     image: np.ndarray
     damage_mask: np.ndarray
     params: dict[str, dict[str, Any]]
+    # The image just before the damage steps (after tone and optics): what inpainting should
+    # give back when the chain adds no noise or compression after the damage.
+    before_damage: np.ndarray | None = None
 
 
 def _count(rng: np.random.Generator, density: Range, units: float) -> int:
@@ -1114,7 +1118,12 @@ def degrade(
         k: {n: list(v) if isinstance(v, tuple) else v for n, v in a.items()}
         for k, a in params.items()
     }
-    return Degraded(image=_clip(x.copy() if x is img else x), damage_mask=mask, params=params)
+    return Degraded(
+        image=_clip(x.copy() if x is img else x),
+        damage_mask=mask,
+        params=params,
+        before_damage=before_damage,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1156,6 +1165,24 @@ def damage_held_out_config() -> DegradationConfig:
         scratch_width=HELD_OUT_SCRATCH_WIDTH,
         p_dust=1.0,
         dust_size=HELD_OUT_DUST_SIZE,
+    )
+
+
+def inpainting_training_config() -> DegradationConfig:
+    """The inpainting model's training chain: tone and optics, then damage on nearly every
+    image (stains, folds and tears more often than in scans, since large regions are where a
+    learned fill must win), and no noise or compression after it, so `before_damage` is the
+    exact target."""
+    return replace(
+        DegradationConfig(),
+        p_stains=0.5,
+        p_tears_folds=0.15,
+        p_scratches=0.7,
+        p_dust=0.7,
+        p_grain=0.0,
+        p_gaussian=0.0,
+        p_poisson=0.0,
+        p_jpeg=0.0,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import damage, denoise, upscale
+from . import damage, denoise, inpaint, upscale
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,18 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         takes_noise_level=False,
         multiple_of=damage.MULTIPLE_OF,
         receptive_radius=lambda hp: damage.RECEPTIVE_RADIUS,
+    ),
+    Architecture(
+        name=inpaint.ARCH_NAME,
+        task="inpaint",
+        module_class=inpaint.InpaintUNet,
+        detect=inpaint.detect,
+        hyperparameters_from_state_dict=inpaint.hyperparameters_from_state_dict,
+        load=inpaint.load,
+        default_hyperparameters=inpaint.DEFAULT_HYPERPARAMETERS,
+        takes_noise_level=False,
+        multiple_of=inpaint.MULTIPLE_OF,
+        receptive_radius=lambda hp: inpaint.RECEPTIVE_RADIUS,
     ),
 )
 

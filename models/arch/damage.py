@@ -87,8 +87,8 @@ class DamageUNet(nn.Module):
 def detect(state_dict: Mapping[str, Tensor]) -> bool:
     """Cheap check that a state dict belongs to this architecture."""
     needed = ("head.weight", "down2.weight", "fuse0.weight", "tail.weight")
-    if any(k not in state_dict for k in needed):
-        return False
+    if any(k not in state_dict for k in needed) or "down3.weight" in state_dict:
+        return False  # down3: the inpainting U-Net's fourth level
     tail = state_dict["tail.weight"]
     return tail.dim() == 4 and tail.shape[0] == 1
 
