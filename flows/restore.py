@@ -229,7 +229,7 @@ def _finish(cfg: RestoreConfig, run_id: int, job: _Job, config_hash: str) -> Ima
             plan = detected.result().plan
         if status == RestorationStatus.SUCCEEDED:
             derivatives = job.chain[-1][1].result().derivatives
-        clean_work_area(cfg.dest, run_id, facts.sha256, facts.page)
+        clean_work_area(cfg.dest, run_id, facts)
 
     record_restoration(
         cfg.catalog_url,

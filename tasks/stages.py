@@ -44,9 +44,10 @@ from daguerre.operators import (
 from daguerre.records import AssetFacts, DerivativeFacts, ImageRef, StepFacts, StepStatus
 from daguerre.tasks.io import (
     SCRATCH_ENV,
+    asset_work_prefix,
     derivative_key,
     dest_storage,
-    local_path,
+    inspected_file,
     open_mask,
     open_pixels,
     opened_master,
@@ -57,7 +58,6 @@ from daguerre.tasks.io import (
     sha256_file,
     source_storage,
     work_file,
-    work_prefix,
 )
 
 # File extensions that claim to be images: such a file that does not decode is a failure to
@@ -201,8 +201,10 @@ def inspect_master(source: str, key: str) -> list[AssetFacts]:
     recorded; a later page that does not decode is its own record with `error` set.
     """
     storage = source_storage(source)
-    with _temporary_folder() as folder:
-        path = local_path(storage, key) or storage.download_to(key, folder / "master")
+    # An S3 download goes to the master cache's folder; kept there (below) once it is known to
+    # be an image, so the later stages of this asset do not download it again.
+    with _temporary_folder() as folder, inspected_file(storage, key, folder) as inspected:
+        path = inspected.path
         size = path.stat().st_size
         facts = AssetFacts(
             source_uri=storage.uri_for(key),
@@ -233,6 +235,8 @@ def inspect_master(source: str, key: str) -> list[AssetFacts]:
                 assets.append(page_facts.model_copy(update={"format": fmt, "error": str(exc)}))
                 continue
             assets.append(_decoded_facts(page_facts, page_info))
+        if any(asset.error is None for asset in assets):
+            inspected.keep(facts.sha256)
     return assets
 
 
@@ -253,7 +257,7 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
     resolution and stored in the work area as a tiled 8-bit TIFF.
     """
     started, t0 = _now(), time.perf_counter()
-    prefix = work_prefix(run_id, asset.sha256, asset.page)
+    prefix = asset_work_prefix(run_id, asset)
     detector = damage_detector(cfg.models, cfg.device)
     with (
         scratch(cfg.dest) as folder,
@@ -363,7 +367,7 @@ def pixel_stage(
             path = sink.finish(folder / f"{order}-{stage}.tif")
         finally:
             sink.discard()
-        key = f"{work_prefix(run_id, asset.sha256, asset.page)}/{order}-{stage}.tif"
+        key = f"{asset_work_prefix(run_id, asset)}/{order}-{stage}.tif"
         out_ref = put_work_file(cfg.dest, key, path, sink.width, sink.height)
     step = StepFacts(
         stage=stage,
@@ -512,9 +516,10 @@ def store_stage(
 
 
 @task(name="clean-work-area", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def clean_work_area(dest: str, run_id: int, asset_sha256: str, page: int = 0) -> None:
+def clean_work_area(dest: str, run_id: int, asset: AssetFacts) -> None:
     """Intermediates are hashed in the catalog; the pixels themselves need not be kept.
 
-    Only this page's work area goes: other pages of the same master may still be running.
+    Only this asset's work area goes: other pages of the same master, or an identical file at
+    another path, may still be running.
     """
-    dest_storage(dest).delete_prefix(work_prefix(run_id, asset_sha256, page))
+    dest_storage(dest).delete_prefix(asset_work_prefix(run_id, asset))

@@ -23,6 +23,8 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "daguerre-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "daguerre-test")
 os.environ.setdefault("AWS_REGION", "us-east-1")
 os.environ.pop("DAGUERRE_CATALOG_URL", None)
+# The worker-local cache of S3 masters: a throwaway one, not the machine's temp folder.
+os.environ["DAGUERRE_MASTER_CACHE"] = tempfile.mkdtemp(prefix="daguerre-masters-")
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -118,8 +118,8 @@ def test_pages_have_their_own_names_and_work_areas() -> None:
     sha = "ab" * 32
     assert derivative_key("x.tif", "restored.tif") == "x.tif.restored.tif"
     assert derivative_key("x.tif#page=2", "restored.tif") == "x.tif.page-2.restored.tif"
-    prefixes = [work_prefix(7, sha, page) for page in (0, 1, 10)]
-    assert prefixes[0] == f".daguerre/work/run-7/{sha[:16]}"  # unchanged for page 0
+    prefixes = [work_prefix(7, sha, page, "x.tif") for page in (0, 1, 10)]
+    assert prefixes[0].startswith(f".daguerre/work/run-7/{sha[:16]}-")
     assert len(set(prefixes)) == 3
     # Work areas are folders: none may lie inside another (cleaning one would wipe another).
     assert not any(a != b and b.startswith(a + "/") for a in prefixes for b in prefixes)

@@ -163,3 +163,54 @@ def test_missing_source_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["restore", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_identical_files_at_two_paths_have_their_own_work_areas(
+    prefect_harness, tmp_path: Path, monkeypatch
+) -> None:
+    """Same content, two names, one run: neither image may clean away the other's work."""
+    import cv2
+    import numpy as np
+
+    from daguerre.catalog import Catalog
+    from daguerre.flows.restore import restore_collection
+    from daguerre.records import RestorationStatus
+    from daguerre.tasks import stages
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:48, 0:64]
+    smooth = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.float64)
+    image = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    source = tmp_path / "masters"
+    (source / "copy").mkdir(parents=True)
+    cv2.imwrite(str(source / "a.png"), image)
+    shutil.copyfile(source / "a.png", source / "copy" / "b.png")
+
+    folders: set[str] = set()  # work folders the stages wrote into
+    put_work_file = stages.put_work_file
+
+    def recording_put(dest, key, path, width, height):
+        folders.add(key.rsplit("/", 1)[0])
+        return put_work_file(dest, key, path, width, height)
+
+    monkeypatch.setattr(stages, "put_work_file", recording_put)
+    dest = tmp_path / "out"
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    Catalog.open(catalog)
+    report = restore_collection(
+        source=str(source),
+        dest=str(dest),
+        catalog_url=catalog,
+        steps=["denoise", "tone"],
+        device="cpu",
+        models={"denoise": "classical"},
+        access_format="none",
+    )
+    assert {i.path: i.status for i in report.images} == {
+        "a.png": RestorationStatus.SUCCEEDED,
+        "copy/b.png": RestorationStatus.SUCCEEDED,
+    }, report.images
+    assert (dest / "a.png.restored.tif").is_file()
+    assert (dest / "copy" / "b.png.restored.tif").is_file()
+    assert len(folders) == 2, folders  # one per asset, though the content is the same
+    assert not [p for p in (dest / ".daguerre").rglob("*") if p.is_file()]
