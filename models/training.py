@@ -81,6 +81,7 @@ class Recipe:
     # real fine structure alone), and the weight of the soft-dice term beside BCE
     clean_fraction: float = 0.25
     dice_weight: float = 0.5
+    pos_weight: float = 1.0  # BCE weight of damaged pixels (they are rare)
     # upscale
     scale: int = 2
     realistic: bool = False  # False: bicubic-only protocol; True: blur + noise + JPEG too
@@ -431,7 +432,8 @@ def _batch_loss(
 
 def _damage_loss(r: Recipe, logits: Tensor, target: Tensor) -> Tensor:
     """BCE plus soft dice: BCE alone drifts to "no damage" because damage is rare."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    weight = torch.tensor(r.pos_weight, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
     p = torch.sigmoid(logits)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
     return bce + r.dice_weight * dice
