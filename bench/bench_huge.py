@@ -1,6 +1,7 @@
 """Peak memory restoring huge 16-bit RGB scans: detect, denoise, inpaint, upscale x2 (+ store).
 
     .venv/bin/python bench/bench_huge.py --sizes 10000,14000 [--store] [--work DIR]
+        [--operators classical|default]
 
 For each size N the benchmark makes an N x N 16-bit RGB tiled TIFF (a smooth picture with
 Gaussian noise and thin scratches, generated lazily by libvips, never committed), then runs the
@@ -9,7 +10,9 @@ code path of the flow, without the Prefect server) in a child process measured b
 `/usr/bin/time -v`, single-threaded (VIPS_CONCURRENCY=1, OMP/MKL/OpenBLAS 1 thread, OpenCV 1
 thread; torch is not imported by classical operators). It prints the exact command, the peak
 RSS (and the child's own peak after each stage) and each stage's time and input megapixels per
-second. The plan is forced so every benchmarked stage runs.
+second. The plan is forced so every benchmarked stage runs. `--operators classical` (the
+default, comparable across sessions) uses the classical damage detector, NLM, Telea and
+Lanczos; `default` uses whatever `daguerre restore` would (the shipped learned models).
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ def make_scan(path: Path, size: int) -> None:
     )
 
 
-def run_pipeline(master: Path, work: Path, store: bool, out: Path) -> None:
+CLASSICAL_MODELS = {"damage": "classical", "denoise": "classical", "upscale": "classical"}
+
+
+def run_pipeline(master: Path, work: Path, store: bool, out: Path, operators: str) -> None:
     """The measured child: the flow's tasks on one master, stage by stage."""
     import cv2
 
@@ -83,6 +89,7 @@ def run_pipeline(master: Path, work: Path, store: bool, out: Path) -> None:
         steps=("denoise", "inpaint", "upscale"),
         scale=2,
         device="cpu",
+        models=CLASSICAL_MODELS if operators == "classical" else {},
     )
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {"imports": _own_peak_mib()}
@@ -147,6 +154,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,14000")
     parser.add_argument("--store", action="store_true", help="also write the derivatives")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (big!)")
+    parser.add_argument("--operators", choices=("classical", "default"), default="classical")
     parser.add_argument(
         "--child", nargs=3, metavar=("MASTER", "WORK", "OUT"), help=argparse.SUPPRESS
     )
@@ -154,7 +162,7 @@ def main() -> None:
 
     if args.child:
         master, work, out = (Path(p) for p in args.child)
-        run_pipeline(master, work, args.store, out)
+        run_pipeline(master, work, args.store, out, args.operators)
         return
 
     env = {**os.environ, **SINGLE_THREAD_ENV}
@@ -175,6 +183,8 @@ def main() -> None:
             sys.executable,
             str(Path(__file__).resolve()),
             *(["--store"] if args.store else []),
+            "--operators",
+            args.operators,
             "--child",
             str(master),
             str(case),
