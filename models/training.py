@@ -879,7 +879,7 @@ def _card(
         "recipe": asdict(r),
         "device": str(dev),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": r.threads or os.cpu_count(),
         "weights_file": res.weights.name,
         "weights_sha256": res.weights_sha256,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
