@@ -10,6 +10,9 @@ antialiased bicubic (PIL's BICUBIC, which matches MATLAB's imresize to 0.01 dB);
 Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 of the uint8 result, `scale` pixels cut at each
 border. Single-channel images (Set14's bridge) are replicated to RGB. Every method sees the same
 LR images in the same process; speed is megapixels of LR input per second (median per image).
+`--protocol realistic` makes the LR instead with the realistic training degradation (random blur,
+resize kernel, noise and JPEG; `daguerre.models.training.degrade_for_upscale`), seeded per image:
+how the models fare on scan-like inputs (not comparable with published tables).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--scales", default="2,4")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images per set")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--protocol", choices=("bicubic", "realistic"), default="bicubic")
     parser.add_argument("--out", type=Path, default=Path("bench/results/upscale.json"))
     args = parser.parse_args()
 
@@ -86,6 +90,7 @@ def main() -> None:
     cv2.setNumThreads(args.threads)
     from daguerre.imaging.classical import lanczos_upscale
     from daguerre.models.loading import load_user_model
+    from daguerre.models.training import degrade_for_upscale
 
     models = {}
     for item in args.model:
@@ -95,6 +100,7 @@ def main() -> None:
         models[label] = (m, size)
 
     results: dict = {
+        "protocol": args.protocol,
         "models": {
             label: {
                 "weights_sha256": m.weights_sha256,
@@ -113,9 +119,14 @@ def main() -> None:
             if args.limit:
                 paths = paths[: args.limit]
             rows: dict[str, list[float]] = {}
-            for path in paths:
+            for index, path in enumerate(paths):
                 hr = load_rgb(path, scale)
-                lr = bicubic_lr(hr, scale)
+                if args.protocol == "realistic":
+                    rng = np.random.default_rng([index, scale, 3])
+                    lr_f = degrade_for_upscale(hr.astype(np.float32) / 255.0, scale, rng)
+                    lr = np.clip(np.round(lr_f * 255), 0, 255).astype(np.uint8)
+                else:
+                    lr = bicubic_lr(hr, scale)
                 lr_f = lr.astype(np.float32) / 255.0
                 mp = lr.shape[0] * lr.shape[1] / 1e6
                 outs: dict[str, np.ndarray] = {}
