@@ -151,6 +151,65 @@ SHIPPED: tuple[ModelDescriptor, ...] = (
 )
 
 
+def _upscaler(
+    model_id: str, scale: int, sha256: str, training: Mapping[str, Any]
+) -> ModelDescriptor:
+    """A daguerre-srnet upscaler (9 convolutions of 56 channels at LR resolution + bicubic skip)."""
+    return ModelDescriptor(
+        id=model_id,
+        task="upscale",
+        architecture="daguerre-srnet",
+        version="1",
+        scale=scale,
+        in_channels=3,
+        out_channels=3,
+        size_requirements=SizeRequirements(minimum=0, multiple_of=1),
+        tiling="supported",
+        receptive_overlap=11,
+        supports_half=False,
+        supports_bfloat16=False,
+        weights_file=f"{model_id}.safetensors",
+        weights_sha256=sha256,
+        licence="Apache-2.0 (weights trained here on T91 and BSDS500 train/test-split)",
+        training={"card": f"{model_id}.json", **training},
+        hyperparameters={"in_channels": 3, "channels": 56, "layers": 9, "scale": scale},
+    )
+
+
+_SR_DATA = ["train/T91", "train/BSDS500-train", "train/BSDS500-test-split"]
+# The bicubic-protocol upscalers: comparable with published tables (BENCHMARKS.md).
+UPSCALERS_BICUBIC: tuple[ModelDescriptor, ...] = (
+    _upscaler(
+        "daguerre-upscale-x2-bicubic",
+        2,
+        "5d87d5a329cfe3f440f002dcd18e86ca35bd73793c1e1472607f99c8a6a1525c",
+        {
+            "data": _SR_DATA,
+            "recipe": "HR patches 128 px, LR by antialiased bicubic (8-bit), L1, Adam 5e-4 "
+            "cosine with a warm restart, batch 16 x 64 px LR, CPU fp32; resumed from a "
+            "20-minute run on T91 alone",
+            "steps": 4967,
+            "minutes": 60.0,
+            "metrics": {"val_psnr_rgb": 28.59, "val_bicubic_psnr_rgb": 26.908},
+        },
+    ),
+    _upscaler(
+        "daguerre-upscale-x4-bicubic",
+        4,
+        "e4ee15490bec8d75c2ed0d666aeb18a38cf4abfda89dc9b741c591d6400b5527",
+        {
+            "data": _SR_DATA,
+            "recipe": "warm-started from the x2 run's body; HR patches 192 px, LR by "
+            "antialiased bicubic (8-bit), L1, Adam 5e-4 cosine, batch 16 x 48 px LR, CPU fp32",
+            "steps": 3189,
+            "minutes": 45.0,
+            "metrics": {"val_psnr_rgb": 24.328, "val_bicubic_psnr_rgb": 23.372},
+        },
+    ),
+)
+SHIPPED = SHIPPED + UPSCALERS_BICUBIC
+
+
 def get_descriptor(model_id: str) -> ModelDescriptor:
     """The shipped descriptor with this id. Raises KeyError naming the known ids."""
     for d in SHIPPED:
