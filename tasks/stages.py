@@ -18,7 +18,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from daguerre import __version__
 from daguerre.config import RestoreConfig
@@ -30,16 +30,25 @@ from daguerre.imaging.large import (
     preservation_image,
     probe_file,
     sniff_file,
+    write_access,
     write_mask_png,
     write_preservation,
 )
 from daguerre.imaging.plan import PlanOptions, plan_restoration, plan_to_json
+from daguerre.imaging.tiffexif import IMAGE_DESCRIPTION, SOFTWARE, exif_blob, exif_text
 from daguerre.operators import (
     StageContext,
     damage_detector,
     operator_for,
     resolve_operators,
     run_operator,
+)
+from daguerre.provenance_metadata import (
+    build_xmp,
+    image_description,
+    jpeg_xmp,
+    provenance_from,
+    usable_description,
 )
 from daguerre.records import AssetFacts, DerivativeFacts, ImageRef, StepFacts, StepStatus
 from daguerre.tasks.io import (
@@ -59,6 +68,7 @@ from daguerre.tasks.io import (
     source_storage,
     work_file,
 )
+from daguerre.version import code_version
 
 # File extensions that claim to be images: such a file that does not decode is a failure to
 # report; any other file is an image only if its content says so.
@@ -99,6 +109,14 @@ class DetectOutcome(BaseModel):
 class StageOutcome(BaseModel):
     step: StepFacts
     current: ImageRef
+    # Every step so far, detect first and this one last: store writes them into the
+    # derivatives' own metadata. Small records, at most one per stage.
+    steps: list[StepFacts] = Field(default_factory=list)
+
+
+def _steps_so_far(previous: DetectOutcome | StageOutcome, step: StepFacts) -> list[StepFacts]:
+    earlier = previous.steps if isinstance(previous, StageOutcome) else [previous.step]
+    return [*earlier, step]
 
 
 class StoreOutcome(BaseModel):
@@ -337,7 +355,7 @@ def pixel_stage(
         step = StepFacts(
             stage=stage, order=order, status=StepStatus.SKIPPED, reason=decision["reason"]
         )
-        return StageOutcome(step=step, current=current)
+        return StageOutcome(step=step, current=current, steps=_steps_so_far(previous, step))
     operator = resolve_operators(cfg.steps, cfg.models, cfg.device)[stage]
     if operator is not None:
         # An upscale operator may hold one model per factor: take the one this plan needs.
@@ -349,7 +367,7 @@ def pixel_stage(
             status=StepStatus.SKIPPED,
             reason=f"no {stage} operator installed",
         )
-        return StageOutcome(step=step, current=current)
+        return StageOutcome(step=step, current=current, steps=_steps_so_far(previous, step))
 
     started, t0 = _now(), time.perf_counter()
     with scratch(cfg.dest) as folder, contextlib.ExitStack() as stack:
@@ -385,7 +403,7 @@ def pixel_stage(
         metrics=run.metrics,
         started_at=started,
     )
-    return StageOutcome(step=step, current=out_ref)
+    return StageOutcome(step=step, current=out_ref, steps=_steps_so_far(previous, step))
 
 
 @task(
@@ -408,11 +426,24 @@ def store_stage(
     Preservation: tiled deflate TIFF at the source bit depth with the master's alpha
     (resampled), ICC profile, resolution (scaled by the upscale factor), EXIF, XMP and IPTC;
     optionally pyramidal. Access: JPEG or WebP, sRGB, long edge at most access_long_edge.
+
+    Every derivative says what was done to it in its own metadata (provenance_metadata): an
+    XMP packet merged into the master's (Daguerre steps, xmpMM:DerivedFrom and History), and
+    for the TIFF and the JPEG/WebP an ImageDescription (the master's, else a summary; always
+    the colour notice when colorized) and Software. The applied steps come from `final.steps`
+    (detect and every pixel stage). Hashes are of the files as written, metadata included.
     """
     started, t0 = _now(), time.perf_counter()
     storage = dest_storage(cfg.dest)
     derivatives: list[DerivativeFacts] = []
     pyramid = cfg.pyramid
+    provenance = provenance_from(
+        asset,
+        run_id,
+        final.steps or [detected.step, final.step],
+        when=started,
+        code_version=code_version(),
+    )
 
     def put_file(kind: str, suffix: str, fmt: str, path: Path, w: int, h: int) -> DerivativeFacts:
         facts = DerivativeFacts(
@@ -444,33 +475,53 @@ def store_stage(
         bit_depth = 16 if master.info.bit_depth >= 16 else 8
         # A colorized grey master has no profile for its new colour pixels (sRGB assumed).
         icc = master.icc_profile if colour.bands == master.colour.bands else None
+        master_exif = master.metadata.get("exif-data")
+        master_xmp = master.metadata.get("xmp-data")
+        description = image_description(
+            provenance,
+            usable_description(master.description, exif_text(master_exif, IMAGE_DESCRIPTION)),
+        )
+        xmp = build_xmp(
+            provenance, master_xmp=master_xmp, width=width, height=height, mime="image/tiff"
+        )
         image = preservation_image(
             colour,
             bit_depth=bit_depth,
             alpha=master.alpha,
             icc_profile=icc,
             ppi=ppi,
-            metadata=master.metadata,
+            metadata={**master.metadata, "xmp-data": xmp},
         )
         tiff = write_preservation(
             image,
             folder / "preservation.tif",
             pyramid=pyramid,
-            exif=master.metadata.get("exif-data"),
+            exif=master_exif,
+            description=description,
+            software=provenance.software,
         )
         preservation = put_file("preservation", "restored.tif", "tiff", tiff, width, height)
         if cfg.access_format != "none":
             pixels, alpha = access_pixels(colour, master.alpha, cfg.access_long_edge)
-            data = imgio.encode_access(
+            size = {"width": pixels.shape[1], "height": pixels.shape[0]}
+            extended = None
+            if cfg.access_format == "jpeg":
+                xmp, extended = jpeg_xmp(provenance, master_xmp=master_xmp, **size)
+            else:
+                xmp = build_xmp(provenance, master_xmp=master_xmp, mime="image/webp", **size)
+            ext = "jpg" if cfg.access_format == "jpeg" else "webp"
+            access = write_access(
                 pixels,
+                folder / f"access.{ext}",
                 alpha=alpha,
-                long_edge=None,
                 fmt=cfg.access_format,
                 icc_profile=icc,
+                exif=exif_blob(
+                    master_exif, {IMAGE_DESCRIPTION: description, SOFTWARE: provenance.software}
+                ),
+                xmp=xmp,
+                extended_xmp=extended,
             )
-            ext = "jpg" if cfg.access_format == "jpeg" else "webp"
-            access = folder / f"access.{ext}"
-            access.write_bytes(data)
             put_file(
                 "access",
                 f"access.{ext}",
@@ -480,8 +531,14 @@ def store_stage(
                 pixels.shape[0],
             )
         if detected.mask is not None:
+            mask_xmp = build_xmp(
+                provenance.for_damage_mask(),
+                width=master.info.width,
+                height=master.info.height,
+                mime="image/png",
+            )
             with work_file(cfg.dest, detected.mask, folder) as mask_tiff:
-                png = write_mask_png(mask_tiff, folder / "damage-mask.png")
+                png = write_mask_png(mask_tiff, folder / "damage-mask.png", xmp=mask_xmp)
             put_file(
                 "damage-mask",
                 "damage-mask.png",

@@ -30,7 +30,9 @@ from daguerre.imaging.detect import (
     estimate_noise_sigma,
     sharpness,
 )
+from daguerre.imaging.embed import embed_jpeg, embed_webp
 from daguerre.imaging.io import ImageDecodeError, ImageInfo
+from daguerre.imaging.tiffexif import IMAGE_DESCRIPTION, SOFTWARE, update_first_ifd
 from daguerre.imaging.tiling import RegionSource, Tile, TileRequirements, TileStats, apply_tiled
 
 # Loads are not worth caching here (every region is read once) and a cached load of a path
@@ -127,7 +129,8 @@ class Master:
     """A master opened lazily: header facts, colour and alpha as lazy libvips images.
 
     `colour` is grey or RGB (orientation applied, CMYK/Lab converted) with the file's sample
-    format; `icc_profile` describes it. `metadata` holds the EXIF/XMP/IPTC blobs.
+    format; `icc_profile` describes it. `metadata` holds the EXIF/XMP/IPTC blobs, `description`
+    a TIFF's ImageDescription tag (None when absent).
     """
 
     info: ImageInfo
@@ -135,6 +138,7 @@ class Master:
     alpha: pyvips.Image | None
     icc_profile: bytes | None = field(repr=False)
     metadata: dict[str, bytes] = field(default_factory=dict, repr=False)
+    description: str | None = None
 
     def source(self) -> VipsSource:
         return VipsSource(self.colour, self.info.format)
@@ -205,7 +209,10 @@ def open_master(path: Path, *, max_pixels: int = imgio.DEFAULT_MAX_PIXELS, page:
     except pyvips.Error as err:
         raise imgio.corrupt_error(fmt, err) from err
     metadata = {name: blob for name in METADATA_FIELDS if (blob := _blob(image, name))}
-    return Master(info, colour, alpha, icc, metadata)
+    description = None
+    if image.get_typeof("image-description") != 0:
+        description = str(image.get("image-description"))
+    return Master(info, colour, alpha, icc, metadata, description)
 
 
 # --------------------------------------------------------------------------- sinks
@@ -464,11 +471,19 @@ def preservation_image(
 
 
 def write_preservation(
-    image: pyvips.Image, path: Path, *, pyramid: bool = False, exif: bytes | None = None
+    image: pyvips.Image,
+    path: Path,
+    *,
+    pyramid: bool = False,
+    exif: bytes | None = None,
+    description: str | None = None,
+    software: str | None = None,
 ) -> Path:
     """Tiled (256 px) deflate + predictor TIFF, BigTIFF when large, optionally pyramidal.
 
-    The EXIF blob, which libvips does not write into TIFFs, is appended as an EXIF IFD.
+    The EXIF blob, which libvips does not write into TIFFs, is appended as an EXIF IFD;
+    `description` and `software` become the ImageDescription and Software tags (over the
+    master's).
     """
     raw = image.width * image.height * image.bands * (2 if str(image.format) == "ushort" else 1)
     image.tiffsave(
@@ -483,10 +498,37 @@ def write_preservation(
         resunit="inch",
         keep="icc:xmp:iptc",
     )
-    if exif:
-        from daguerre.imaging.tiffexif import append_exif
+    text = {IMAGE_DESCRIPTION: description, SOFTWARE: software}
+    text = {tag: value for tag, value in text.items() if value}
+    if exif or text:
+        update_first_ifd(Path(path), exif, text)
+    return Path(path)
 
-        append_exif(Path(path), exif)
+
+def write_access(
+    pixels: np.ndarray,
+    path: Path,
+    *,
+    alpha: np.ndarray | None = None,
+    fmt: str = "jpeg",
+    icc_profile: bytes | None = None,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+    extended_xmp: bytes | None = None,
+) -> Path:
+    """The access copy (io.encode_access, not resized again) with EXIF and XMP added to the
+    encoded file (embed.py: no second encoding). WebP takes no extended XMP (no size limit).
+    """
+    data = imgio.encode_access(
+        pixels, alpha=alpha, long_edge=None, fmt=fmt, icc_profile=icc_profile
+    )
+    if fmt == "jpeg":
+        data = embed_jpeg(data, exif=exif, xmp=xmp, extended_xmp=extended_xmp)
+    else:
+        if extended_xmp is not None:
+            raise ValueError("extended XMP is a JPEG construct; give WebP the whole packet")
+        data = embed_webp(data, exif=exif, xmp=xmp)
+    Path(path).write_bytes(data)
     return Path(path)
 
 
@@ -521,8 +563,15 @@ def access_pixels(
     )
 
 
-def write_mask_png(mask_path: Path, path: Path) -> Path:
-    """The damage mask TIFF as an 8-bit greyscale PNG (255 where damaged), streamed."""
+def write_mask_png(mask_path: Path, path: Path, *, xmp: bytes | None = None) -> Path:
+    """The damage mask TIFF as an 8-bit greyscale PNG (255 where damaged), streamed, with the
+    XMP packet `xmp` (an iTXt chunk) when given."""
     image = pyvips.Image.new_from_file(str(mask_path), access="sequential")
-    image.copy(interpretation="b-w").pngsave(str(path), compression=6, bitdepth=8, keep="none")
+    image = image.copy(interpretation="b-w")
+    keep = "none"
+    if xmp:
+        image = image.copy()
+        image.set_type(pyvips.GValue.blob_type, "xmp-data", bytes(xmp))
+        keep = "xmp"
+    image.pngsave(str(path), compression=6, bitdepth=8, keep=keep)
     return Path(path)

@@ -5,12 +5,15 @@ parsed; its EXIF, GPS and interoperability IFDs are appended to the end of our T
 with a copy of the TIFF's first IFD that gains the pointers and the descriptive tags (camera,
 date, artist, copyright) the TIFF lacks. The header is then pointed at the new first IFD. Pixel
 data and every other IFD stay where they are, so classic TIFF, BigTIFF and pyramids all work.
-Orientation is not copied: the derivative's pixels are already upright.
+Orientation is not copied: the derivative's pixels are already upright. The same rewrite sets
+our own ASCII tags (ImageDescription, Software: `update_first_ifd`), and `exif_blob` builds the
+small EXIF of an access copy.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,11 +168,75 @@ def _read_first_ifd(data: bytes, order: str, big: bool, offset: int) -> tuple[li
     return entries, next_ifd
 
 
+IMAGE_DESCRIPTION, SOFTWARE = 270, 305
+
+
+def exif_text(blob: bytes | None, tag: int) -> str | None:
+    """The ASCII value of `tag` in the first IFD of an EXIF blob (UTF-8 tolerated), or None."""
+    if not blob:
+        return None
+    try:
+        entries = parse_exif(blob)
+    except (ValueError, struct.error):
+        return None
+    for e in entries:
+        if e.tag == tag and isinstance(e.values, bytes):
+            return e.values.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
+    return None
+
+
+def _ascii(value: str) -> bytes:
+    # EXIF ASCII is 7-bit in the standard; UTF-8 is what every current reader accepts.
+    return value.encode("utf-8") + b"\x00"
+
+
+def exif_blob(master_exif: bytes | None, text: Mapping[int, str]) -> bytes:
+    """A small EXIF blob for an access copy: "Exif\\0\\0" + a little-endian TIFF with IFD0 only.
+
+    IFD0 holds `text` (ASCII tags, e.g. ImageDescription and Software) and the master's
+    descriptive tags (camera, date, artist, copyright) that `text` does not replace. No
+    EXIF/GPS sub-IFD and no orientation: the access pixels are upright.
+    """
+    carried: list[_Entry] = []
+    if master_exif:
+        try:
+            carried = [e for e in parse_exif(master_exif) if e.tag in _DESCRIPTIVE]
+        except (ValueError, struct.error):
+            carried = []
+    writer = _Writer("<", False, 8)
+    prepared = [
+        writer.entry(e.tag, e.type, e.count, writer.value_bytes(e))
+        for e in carried
+        if e.tag not in text
+    ]
+    for tag, value in text.items():
+        raw = _ascii(value)
+        prepared.append(writer.entry(tag, 2, len(raw), raw))
+    first = writer.ifd(prepared)
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", first) + bytes(writer.out)
+
+
 def append_exif(path: Path, blob: bytes) -> bool:
     """Append the EXIF of `blob` to the TIFF at `path` in place; False when nothing to add."""
-    try:
-        exif = parse_exif(blob)
-    except (ValueError, struct.error):
+    return update_first_ifd(path, blob)
+
+
+def update_first_ifd(
+    path: Path, exif: bytes | None = None, text: Mapping[int, str] | None = None
+) -> bool:
+    """Append the EXIF of `exif` and set the ASCII tags `text` in the TIFF at `path`, in place.
+
+    `text` (e.g. {270: description, 305: software}) replaces those tags of the first IFD and
+    wins over the master's. False when there was nothing to add.
+    """
+    text = dict(text or {})
+    entries_exif: list[_Entry] = []
+    if exif:
+        try:
+            entries_exif = parse_exif(exif)
+        except (ValueError, struct.error):
+            entries_exif = []
+    if not entries_exif and not text:
         return False
     path = Path(path)
     with open(path, "r+b") as f:
@@ -185,12 +252,16 @@ def append_exif(path: Path, blob: bytes) -> bool:
         f.seek(first)
         ifd_data = f.read(65536)
         entries, next_ifd = _read_first_ifd(ifd_data, order, big, 0)
-        existing = {struct.unpack_from(order + "H", e)[0] for e in entries}
+        entries = [e for e in entries if struct.unpack_from(order + "H", e)[0] not in text]
+        existing = {struct.unpack_from(order + "H", e)[0] for e in entries} | set(text)
         f.seek(0, 2)
         end = f.tell()
         writer = _Writer(order, big, end)
         added = []
-        for e in exif:
+        for tag, value in text.items():
+            raw = _ascii(value)
+            added.append(writer.entry(tag, 2, len(raw), raw))
+        for e in entries_exif:
             if e.sub is not None and e.tag in (EXIF_IFD, GPS_IFD) and e.tag not in existing:
                 added.append(writer.pointer(e.tag, writer.sub_ifd(e.sub)))
             elif e.tag in _DESCRIPTIVE and e.tag not in existing:
