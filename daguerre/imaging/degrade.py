@@ -1009,6 +1009,10 @@ class Degraded:
     # The image just before the damage steps (after tone and optics): what inpainting should
     # give back when the chain adds no noise or compression after the damage.
     before_damage: np.ndarray | None = None
+    # (H, W) float32: how much the damage changed each pixel (largest channel change, before any
+    # noise or compression); None when no damage was drawn. Lets a detector's target be
+    # "clearly visible damage" rather than every pixel moved by more than VISIBLE_DELTA.
+    damage_delta: np.ndarray | None = None
 
 
 def _count(rng: np.random.Generator, density: Range, units: float) -> int:
@@ -1097,9 +1101,11 @@ def degrade(
         }
         x, m = dust(x, rng, **params["dust"])
         mask |= m
+    damage_delta = None
     if x is not before_damage:
         # Faint changes of several steps can add up to a visible one: mark those too.
         mask |= changed_mask(before_damage, x)
+        damage_delta = np.abs(x - before_damage).max(axis=2)
     # noise and compression
     if rng.random() < cfg.p_grain:
         params["film_grain"] = {"strength": u(cfg.grain_strength), "grain_size": u(cfg.grain_size)}
@@ -1123,6 +1129,7 @@ def degrade(
         damage_mask=mask,
         params=params,
         before_damage=before_damage,
+        damage_delta=damage_delta,
     )
 
 
