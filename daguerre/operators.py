@@ -280,16 +280,17 @@ class LanczosUpscale(_Tiled):
             context=6, blend=0, scale=scale, tile=max(256, CLASSICAL_TILE // scale)
         )
 
-        buffers: dict[tuple[int, ...], np.ndarray] = {}
+        buffer: list[np.ndarray] = []
 
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            # Balanced tiles have few distinct shapes: one output buffer each, reused (the
-            # tiler copies a tile's output out before it asks for the next tile).
+            # One output buffer, reused while tiles keep its shape (balanced tiles mostly do):
+            # the tiler copies a tile's output out before it asks for the next tile. One slot,
+            # not one per shape: each holds a 50 MB tile output at the default tile size.
             h, w, c = pixels.shape
             shape = (h * scale, w * scale, c)
-            if shape not in buffers:
-                buffers[shape] = np.empty(shape, np.float32)
-            return classical.lanczos_upscale(pixels, scale, out=buffers[shape])
+            if not buffer or buffer[0].shape != shape:
+                buffer[:] = [np.empty(shape, np.float32)]
+            return classical.lanczos_upscale(pixels, scale, out=buffer[0])
 
         return TileJob(req, fn, {"scale": scale})
 
