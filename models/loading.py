@@ -238,6 +238,7 @@ class LoadedModel:
         level estimate it from the image when it is None. `mask` (H, W) bool is required by
         inpainting models (True = fill). Grey input on a 3-channel model is replicated and the
         output averaged; colour input on a 1-channel model runs channel by channel.
+        Colorizers are the exception: grey or colour in, always (H, W, 3) colour out.
         """
         if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
             raise ValueError(f"expected (H, W, C) with C in (1, 3), got shape {pixels.shape}")
@@ -275,7 +276,7 @@ class LoadedModel:
             s = self.scale
             y = y[..., : h * s, : w * s].float().clamp(0, 1).cpu()
 
-        if c == 1 and self.in_channels == 3:
+        if c == 1 and self.in_channels == 3 and self.task != "colorize":
             y = y.mean(dim=1, keepdim=True)
         elif c == 3 and self.in_channels == 1:
             y = y.permute(1, 0, 2, 3)
@@ -335,6 +336,11 @@ def _ours(
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
             assert mask is not None
             return module(x, mask)
+    elif arch.task == "colorize":
+
+        def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+            # sRGB -> L -> chroma-bin logits -> annealed-mean a*b* -> sRGB with the input's L
+            return module.colorize(x)
     else:
 
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
@@ -369,8 +375,9 @@ def _ours(
         architecture=arch.name,
         version="user",
         scale=arch.scale(hp),
-        in_channels=hp["in_channels"],
-        out_channels=1 if arch.task == "damage" else hp["in_channels"],
+        # colorizers take RGB (grey replicated) and return RGB; their net sees only L
+        in_channels=hp.get("in_channels", 3),
+        out_channels=1 if arch.task == "damage" else hp.get("in_channels", 3),
         weights_sha256=sha,
         size_requirements=SizeRequirements(multiple_of=arch.multiple_of),
         tiling="supported",

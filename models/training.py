@@ -1,4 +1,5 @@
-"""Training Daguerre's own denoiser, upscaler and damage detector from folders of clean images.
+"""Training Daguerre's own denoiser, upscaler, damage detector, inpainter and colorizer from
+folders of clean images.
 
 `train(task, data_dirs, out, minutes)` runs for a wall-clock budget, checkpoints every few
 minutes to `out.with_suffix(".ckpt.pt")` (plain tensors and types only, reloaded with
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from daguerre.imaging import degrade
 
 from .arch import Architecture, get_architecture
+from .arch import colorize as colorize_arch
 from .arch import damage as damage_arch
 from .arch import denoise as denoise_arch
 from .arch import inpaint as inpaint_arch
@@ -42,15 +44,20 @@ from .loading import safetensors_metadata, sha256_file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 # Benchmarks live here; training on them would make every reported number meaningless.
 FORBIDDEN_DATA_ROOTS: tuple[Path, ...] = (Path("/work/shared/datasets/test"),)
-TRAINABLE_TASKS = ("denoise", "upscale", "damage", "inpaint")
+TRAINABLE_TASKS = ("denoise", "upscale", "damage", "inpaint", "colorize")
 ARCH_OF_TASK = {
     "denoise": denoise_arch.ARCH_NAME,
     "upscale": upscale_arch.ARCH_NAME,
     "damage": damage_arch.ARCH_NAME,
     "inpaint": inpaint_arch.ARCH_NAME,
+    "colorize": colorize_arch.ARCH_NAME,
 }
 # Input sides must be multiples of these (strided levels); patches are checked against them.
-PATCH_MULTIPLE = {"damage": damage_arch.MULTIPLE_OF, "inpaint": inpaint_arch.MULTIPLE_OF}
+PATCH_MULTIPLE = {
+    "damage": damage_arch.MULTIPLE_OF,
+    "inpaint": inpaint_arch.MULTIPLE_OF,
+    "colorize": colorize_arch.MULTIPLE_OF,
+}
 CARD_VERSION = 1
 
 
@@ -82,9 +89,22 @@ class Recipe:
     clean_fraction: float = 0.25
     dice_weight: float = 0.5
     pos_weight: float = 1.0  # BCE weight of damaged pixels (they are rare)
+    # A pixel is a damage target when the damage changed it by more than this (the degradation
+    # module's mask threshold, VISIBLE_DELTA, is 0.03: faint edges that grain and JPEG bury).
+    damage_min_delta: float = 0.03
     # upscale
     scale: int = 2
     realistic: bool = False  # False: bicubic-only protocol; True: blur + noise + JPEG too
+    # colorize (Zhang et al. 2016): class rebalancing mixes the smoothed chroma prior with a
+    # uniform one (lambda); ab_sigma smooths the prior and soft-encodes targets (a*b* units)
+    rebalance: float = 0.5
+    ab_sigma: float = 5.0
+    zoom_max: float = 2.0  # cut 1x..zoom_max x `patch` and shrink to `patch`: more context
+    fade_fraction: float = 0.3  # grey input with a faded tone curve (the target keeps its ab)
+    min_chroma: float = 2.0  # mean a*b* chroma below this: a grey patch, drawn again
+    # the loss sees every loss_stride-th pixel each way (random phase per batch): the logits
+    # and softmax over Q bins cost as much as the rest of the net; 2 doubles the patches/s
+    loss_stride: int = 2
     # architecture
     layers: int | None = None
     channels: int | None = None
@@ -105,6 +125,11 @@ class Recipe:
             hp = dict(damage_arch.DEFAULT_HYPERPARAMETERS)
         elif task == "inpaint":
             hp = dict(inpaint_arch.DEFAULT_HYPERPARAMETERS)
+        elif task == "colorize":  # lightness in, chroma out: no channel count to choose
+            hp = dict(colorize_arch.DEFAULT_HYPERPARAMETERS)
+            if self.channels is not None:
+                hp["channels"] = self.channels
+            return hp
         else:
             hp = dict(upscale_arch.DEFAULT_HYPERPARAMETERS)
             hp["scale"] = self.scale
@@ -289,7 +314,10 @@ def degrade_for_damage(
     undamaged = rng.random() < r.clean_fraction
     cfg = degrade.undamaged_config() if undamaged else degrade.damage_training_config()
     out = degrade.degrade(clean, rng, cfg)
-    return _quantise(out.image), out.damage_mask
+    mask = out.damage_mask
+    if out.damage_delta is not None and r.damage_min_delta > degrade.VISIBLE_DELTA:
+        mask = mask & (out.damage_delta > r.damage_min_delta)
+    return _quantise(out.image), mask
 
 
 def degrade_for_inpaint(
@@ -302,6 +330,86 @@ def degrade_for_inpaint(
     return _quantise(out.image), out.damage_mask, _quantise(out.before_damage)
 
 
+# ----------------------------------------------------------------------------- colorization
+
+
+def is_colour(img: np.ndarray, levels: float = 2.0) -> bool:
+    """Whether an (H, W, C) uint8/uint16 image has colour: channels differ by more than `levels`
+    (8-bit) on average. Grey images (and grey scans saved as RGB) teach a colorizer nothing."""
+    if img.shape[2] == 1:
+        return False
+    f = _to_float(img[:: max(1, img.shape[0] // 128), :: max(1, img.shape[1] // 128)])
+    return float((f.max(axis=2) - f.min(axis=2)).mean()) * 255.0 > levels
+
+
+def _mean_chroma(rgb: np.ndarray) -> float:
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2Lab)
+    return float(np.hypot(lab[..., 1], lab[..., 2]).mean())
+
+
+def colour_patch(img: np.ndarray, r: Recipe, rng: np.random.Generator) -> np.ndarray:
+    """One (P, P, 3) float32 colour patch of an (H, W, 3) image, P = `r.patch`.
+
+    Cut at 1x..`zoom_max`x P (log-uniform, at most the image's short side) and shrunk to P
+    (area), then flipped left-right half the time. No rotations: "sky is up" is a colour cue.
+    """
+    h, w = img.shape[:2]
+    zoom = math.exp(rng.uniform(0.0, math.log(max(r.zoom_max, 1.0))))
+    side = max(r.patch, min(h, w, round(r.patch * zoom)))
+    crop = _to_float(_crop(img, side, rng))
+    if side != r.patch:
+        crop = cv2.resize(crop, (r.patch, r.patch), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+def fade_grey(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A faded print's tone curve on a grey (H, W, 1) image: lifted blacks, dulled whites and a
+    gamma change, quantised to 8 bits."""
+    lo, hi = rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0)
+    gamma = math.exp(rng.uniform(-0.35, 0.35))
+    return _quantise(lo + (hi - lo) * np.clip(grey, 0, 1) ** gamma)
+
+
+def ab_prior(
+    images: Sequence[np.ndarray],
+    centres: Tensor,
+    rng: np.random.Generator,
+    pixels: int = 4096,
+    sigma: float = 5.0,
+) -> Tensor:
+    """(Q,) float64 empirical distribution of the training images' a*b* over the bins `centres`
+    (Q, 2): `pixels` random pixels per image, each counted in its nearest bin, then smoothed
+    with a Gaussian of `sigma` (a*b* units) over the bin centres and normalised to sum 1."""
+    q = centres.shape[0]
+    counts = torch.zeros(q, dtype=torch.float64)
+    for img in images:
+        flat = img.reshape(-1, img.shape[2])
+        picked = _to_float(flat[rng.integers(0, flat.shape[0], min(pixels, flat.shape[0]))])
+        if picked.shape[1] == 1:
+            picked = np.repeat(picked, 3, axis=1)
+        rgb = torch.from_numpy(np.ascontiguousarray(picked.T)).view(1, 3, -1, 1)
+        ab = colorize_arch.rgb_to_lab(rgb)[0, 1:, :, 0].T.contiguous()
+        _, nearest = colorize_arch.nearest_bins(ab, centres)
+        counts += torch.bincount(nearest[:, 0], minlength=q).double()
+    p = counts / counts.sum().clamp_min(1.0)
+    c = centres.double()
+    kernel = torch.exp(-torch.cdist(c, c).square() / (2.0 * sigma * sigma))
+    smooth = kernel @ p
+    return smooth / smooth.sum().clamp_min(1e-12)
+
+
+def rebalancing_weights(prior: Tensor, lam: float) -> Tensor:
+    """(Q,) float32 class weights ~ 1 / ((1 - lam) p + lam / Q), scaled so that their mean under
+    the prior is 1 (Zhang et al.): rare, saturated colours count as much as the common browns."""
+    if not 0.0 < lam <= 1.0:
+        raise ValueError(f"rebalance must be in (0, 1], got {lam}")
+    p = prior.double()
+    w = 1.0 / ((1.0 - lam) * p + lam / p.numel())
+    return (w / (p * w).sum()).float()
+
+
 # ----------------------------------------------------------------------------- batches
 
 
@@ -311,6 +419,8 @@ class _Data:
     def __init__(self, files: Sequence[Path], min_side: int) -> None:
         self.images: list[np.ndarray] = []
         self.skipped: list[str] = []
+        # colorize: the rebalanced loss (its class weights come from the training images)
+        self.chroma_loss: ChromaLoss | None = None
         for p in files:
             img = read_image(p)
             if min(img.shape[:2]) < min_side:
@@ -426,8 +536,53 @@ def _batch_loss(
     if task == "inpaint":
         x, mask, target = _inpaint_batch(data, r, rng, device)
         return _masked_l1(model(x, mask), target, mask)
+    if task == "colorize":
+        lightness, ab = _colorize_batch(data, r, rng, device)
+        assert data.chroma_loss is not None
+        s = r.loss_stride
+        oy, ox = (int(v) for v in rng.integers(s, size=2))
+        logits = model.tail(model.features(lightness)[..., oy::s, ox::s])
+        return data.chroma_loss(logits, ab[..., oy::s, ox::s])
     x, target = _upscale_batch(data, r, rng, device)
     return _loss(r, model(x), target)
+
+
+def _colorize_batch(
+    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(input L / 100 (N, 1, P, P) of the BT.601 grey, target a*b* (N, 2, P, P) of the colour)."""
+    colours, greys = [], []
+    for _ in range(r.batch_size):
+        for _attempt in range(20):  # nearly grey patches teach nothing; draw again
+            img = data.images[int(rng.integers(len(data.images)))]
+            patch = colour_patch(img, r, rng)
+            if _mean_chroma(patch) >= r.min_chroma:
+                break
+        grey = _quantise(_grey(patch))
+        if rng.random() < r.fade_fraction:
+            grey = fade_grey(grey, rng)
+        colours.append(patch)
+        greys.append(np.repeat(grey, 3, axis=2))
+    ab = colorize_arch.rgb_to_lab(_nchw(colours, device))[:, 1:]
+    lightness = colorize_arch.rgb_to_lab(_nchw(greys, device))[:, :1] / 100.0
+    return lightness.contiguous(memory_format=torch.channels_last), ab
+
+
+class ChromaLoss:
+    """Rebalanced cross-entropy of chroma-bin logits (N, Q, H, W) against a*b* (N, 2, H, W)
+    soft-encoded over their 5 nearest bins (Gaussian, `sigma`); each pixel weighted by its
+    nearest bin's class weight (`rebalancing_weights`). Bins `centres` (Q, 2)."""
+
+    def __init__(self, centres: Tensor, class_weights: Tensor, sigma: float) -> None:
+        self.encode = colorize_arch.SoftEncoder(centres, 5, sigma)
+        self.class_weights = class_weights.to(centres.device, torch.float32)
+
+    def __call__(self, logits: Tensor, ab: Tensor) -> Tensor:
+        idx, soft = self.encode(ab)
+        pixel_weight = self.class_weights[idx[:, 0]]
+        logp = F.log_softmax(logits.float(), dim=1)
+        ce = -(soft * logp.gather(1, idx)).sum(dim=1)
+        return (pixel_weight * ce).mean()
 
 
 def _damage_loss(r: Recipe, logits: Tensor, target: Tensor) -> Tensor:
@@ -459,6 +614,8 @@ class _Validation:
     Reports the mean PSNR (RGB, [0, 1]) of the model and of the trivial baseline
     (the noisy input; bicubic upsampling). damage: the training chain with a fixed seed;
     reports the pixel F1 of the thresholded (p > 0.5) mask (`metric` says which).
+    colorize: colour crops turned into BT.601 grey, decoded with the annealed mean; RGB PSNR
+    against the colour crop, baseline the grey crop itself.
     """
 
     def __init__(self, files: Sequence[Path], task: str, r: Recipe, device: torch.device) -> None:
@@ -471,15 +628,20 @@ class _Validation:
         for p in files[: r.val_patches]:
             img = read_image(p)
             h, w = img.shape[:2]
-            if min(h, w) < size:
+            if min(h, w) < size or (task == "colorize" and not is_colour(img)):
                 continue
             y, x = (h - size) // 2, (w - size) // 2
             crop = _to_float(img[y : y + size, x : x + size])
             crops.append(np.repeat(crop, 3, axis=2) if crop.shape[2] == 1 else crop)
-        self.clean = _to_channels(_nchw(crops, device), r.in_channels) if crops else None
+        channels = 3 if task == "colorize" else r.in_channels  # colorize: always colour out
+        self.clean = _to_channels(_nchw(crops, device), channels) if crops else None
         if self.clean is None:
             return
-        if task == "inpaint":
+        if task == "colorize":
+            greys = [np.repeat(_quantise(_grey(c)), 3, axis=2) for c in crops]
+            self.inputs = _nchw(greys, device)
+            self.baseline = _psnr(self.inputs, self.clean)
+        elif task == "inpaint":
             from daguerre.imaging.classical import telea_inpaint
 
             g = np.random.default_rng(0)
@@ -518,6 +680,8 @@ class _Validation:
                 outs.append(model(x, self.sigma[i : i + 8]))
             elif self.task == "inpaint":
                 outs.append(model(x, self.mask[i : i + 8]))
+            elif self.task == "colorize":
+                outs.append(model.colorize(x))
             else:
                 outs.append(model(x))
         model.train()
@@ -647,6 +811,10 @@ def train(
         raise ValueError("upscale training supports scale 2 or 4")
     _lr_at(r, 0.0, 0)  # unknown schedule or loss: fail now, not after loading the data
     _loss(r, torch.zeros(1), torch.zeros(1))
+    if task == "colorize":
+        rebalancing_weights(torch.full((2,), 0.5), r.rebalance)
+        if r.loss_stride < 1:
+            raise ValueError("loss_stride must be at least 1")
     dirs = check_data_dirs(data_dirs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -667,12 +835,24 @@ def train(
     data = _Data(train_files, min_side)
     if not data.images:
         raise ValueError(f"no training image is at least {min_side} px on each side")
+    skipped_grey = 0
+    if task == "colorize":
+        colour = [img for img in data.images if is_colour(img)]
+        skipped_grey, data.images = len(data.images) - len(colour), colour
+        if not colour:
+            raise ValueError("no colour training image: a colorizer learns from colour photos")
     validate = _Validation(val_files, task, r, dev)
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         model = arch.build(**hp)
     init_info = _warm_start(model, arch.name, init_from) if init_from is not None else None
+    # colorize: the chroma prior of the training images, once (seconds); kept in the checkpoint
+    prior = (
+        ab_prior(data.images, model.ab_bins, np.random.default_rng([seed, 1]), sigma=r.ab_sigma)
+        if task == "colorize"
+        else None
+    )
     model = model.to(dev).to(memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
     rng = np.random.default_rng(seed)
@@ -695,6 +875,10 @@ def train(
         history = list(state["history"])
         val_score = state.get("val_score", state.get("val_psnr"))
         init_info = state.get("init_from")
+        prior = state.get("ab_prior", prior)
+    class_weights = None if prior is None else rebalancing_weights(prior, r.rebalance)
+    if class_weights is not None:
+        data.chroma_loss = ChromaLoss(model.ab_bins, class_weights, r.ab_sigma)
 
     def checkpoint() -> None:
         _save_checkpoint(
@@ -714,6 +898,7 @@ def train(
                 "history": history,
                 "val_score": val_score,
                 "init_from": init_info,
+                "ab_prior": prior,
             },
         )
 
@@ -789,6 +974,17 @@ def train(
     n_params = sum(p.numel() for p in model.parameters())
     card = _card(result, task, arch, hp, r, dirs, data, train_files, val_files, seed, dev, n_params)
     card["init_from"] = init_info
+    if prior is not None and class_weights is not None:
+        card["colour"] = {
+            "bins": int(prior.numel()),
+            "grid": hp["grid"],
+            "temperature": colorize_arch.DEFAULT_TEMPERATURE,
+            "rebalance": r.rebalance,
+            "ab_sigma": r.ab_sigma,
+            "skipped_grey_images": skipped_grey,
+            "ab_prior": [round(float(v), 7) for v in prior],
+            "class_weights": [round(float(v), 4) for v in class_weights],
+        }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return result
 
@@ -853,6 +1049,8 @@ def _card(
         "damage": "training damage chain, seed 0, pixel F1 at p > 0.5, centre crops",
         "inpaint": "inpainting damage chain, seed 0, PSNR over masked pixels (baseline: "
         "OpenCV Telea r=3), centre crops",
+        "colorize": "colour centre crops turned to BT.601 grey (8-bit), annealed mean "
+        f"T={colorize_arch.DEFAULT_TEMPERATURE}, RGB PSNR (baseline: the grey crop)",
     }[task]
     metrics = {
         f"val_{res.metric}": res.val_score,
@@ -889,8 +1087,8 @@ def _card(
             "task": task,
             "architecture": arch.name,
             "scale": scale,
-            "in_channels": hp["in_channels"],
-            "out_channels": 1 if task == "damage" else hp["in_channels"],
+            "in_channels": hp.get("in_channels", 3),  # colorize: RGB (or grey) in, RGB out
+            "out_channels": 1 if task == "damage" else hp.get("in_channels", 3),
             "size_requirements": {"minimum": 0, "multiple_of": arch.multiple_of},
             "tiling": "supported",
             "receptive_overlap": arch.receptive_radius(hp),

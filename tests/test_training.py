@@ -114,7 +114,7 @@ def test_unknown_recipe_and_task_are_refused(data_dir, tmp_path) -> None:
     with pytest.raises(TypeError, match="unknown recipe"):
         train("denoise", [data_dir], tmp_path / "w.safetensors", 0.01, lr_typo=1)
     with pytest.raises(ValueError, match="cannot train"):
-        train("colorize", [data_dir], tmp_path / "w.safetensors", 0.01)
+        train("face", [data_dir], tmp_path / "w.safetensors", 0.01)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -277,3 +277,44 @@ def test_inpaint_training_smoke_and_use(data_dir, tmp_path) -> None:
     out = model.run(img, mask=hole)
     assert out.shape == img.shape
     assert np.array_equal(out[~hole], img[~hole])  # only masked pixels change
+
+
+def test_colorize_training_smoke_and_use(data_dir, tmp_path) -> None:
+    from daguerre.models.arch.colorize import ab_bin_centres, rgb_to_lab
+    from daguerre.models.training import ab_prior, colour_patch, is_colour, rebalancing_weights
+
+    img = _picture(96, 112, 5)
+    assert is_colour(img) and not is_colour(np.repeat(img[..., :1], 3, axis=2))
+    patch = colour_patch(img, Recipe(patch=32, zoom_max=2.0), np.random.default_rng(0))
+    assert patch.shape == (32, 32, 3) and patch.dtype == np.float32
+    bins = ab_bin_centres()
+    prior = ab_prior([img], bins, np.random.default_rng(0), pixels=500)
+    assert prior.shape == (bins.shape[0],) and abs(float(prior.sum()) - 1) < 1e-9
+    weights = rebalancing_weights(prior, 0.5)
+    assert abs(float((prior * weights.double()).sum()) - 1) < 1e-5  # mean weight 1
+    assert weights[prior.argmax()] == weights.min()  # the commonest colour counts least
+
+    res = train(
+        "colorize",
+        [data_dir],
+        tmp_path / "col.safetensors",
+        0.02,
+        progress=False,
+        channels=8,
+        batch_size=2,
+        patch=32,
+        val_patch=48,
+        threads=1,
+    )
+    card = json.loads(res.card.read_text())
+    assert res.metric == "psnr" and card["val_baseline_psnr"] is not None
+    assert card["colour"]["skipped_grey_images"] == 1  # sub/g.bmp
+    assert len(card["colour"]["ab_prior"]) == card["colour"]["bins"] == bins.shape[0]
+    assert card["descriptor"]["in_channels"] == card["descriptor"]["out_channels"] == 3
+    model = load_user_model("colorize", str(res.weights), res.weights_sha256, "cpu")
+    grey = np.random.default_rng(0).random((30, 41, 1), dtype=np.float32)
+    out = model.run(grey)
+    assert out.shape == (30, 41, 3)
+    lab = rgb_to_lab(torch.from_numpy(out).permute(2, 0, 1)[None])[0, 0]
+    lab_in = rgb_to_lab(torch.from_numpy(np.repeat(grey, 3, axis=2)).permute(2, 0, 1)[None])
+    assert float((lab - lab_in[0, 0]).abs().max()) < 0.05

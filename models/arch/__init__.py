@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import damage, denoise, inpaint, upscale
+from . import colorize, damage, denoise, inpaint, upscale
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,18 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         takes_noise_level=False,
         multiple_of=inpaint.MULTIPLE_OF,
         receptive_radius=lambda hp: inpaint.RECEPTIVE_RADIUS,
+    ),
+    Architecture(
+        name=colorize.ARCH_NAME,
+        task="colorize",
+        module_class=colorize.ColorizeUNet,
+        detect=colorize.detect,
+        hyperparameters_from_state_dict=colorize.hyperparameters_from_state_dict,
+        load=colorize.load,
+        default_hyperparameters=colorize.DEFAULT_HYPERPARAMETERS,
+        takes_noise_level=False,
+        multiple_of=colorize.MULTIPLE_OF,
+        receptive_radius=lambda hp: colorize.RECEPTIVE_RADIUS,
     ),
 )
 
