@@ -278,7 +278,7 @@ def samples(
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Argument(help="denoise, upscale or damage.")],
+    task: Annotated[str, typer.Argument(help="denoise, upscale, damage, inpaint or colorize.")],
     data: Annotated[
         list[Path], typer.Option("--data", help="Folder of clean training images. Repeatable.")
     ],
