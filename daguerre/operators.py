@@ -331,6 +331,14 @@ DAMAGE_THRESHOLD = 0.5
 MaskFn = Callable[[np.ndarray, Tile], np.ndarray]
 
 
+def _take_identity(wrapper: Any, model: Any) -> None:
+    """A learned wrapper's audit identity is its LoadedModel's (id, version, weights, device)."""
+    wrapper.id = model.model_id
+    wrapper.version = getattr(model, "version", "") or "user"
+    wrapper.weights_sha256 = model.weights_sha256
+    wrapper.device = str(model.device)
+
+
 @dataclass
 class ClassicalDamage:
     """Per-channel dust rings and scratch runs (`daguerre.imaging.detect.damage_mask`)."""
@@ -363,10 +371,7 @@ class LearnedDamage:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.id = self.model.model_id
-        self.version = getattr(self.model, "version", "") or "user"
-        self.weights_sha256 = self.model.weights_sha256
-        self.device = str(self.model.device)
+        _take_identity(self, self.model)
 
     def mask_job(self) -> tuple[TileRequirements, MaskFn]:
         req = replace(model_requirements(self.model), blend=0)
@@ -420,10 +425,7 @@ class LearnedOperator(_Tiled):
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.id = self.model.model_id
-        self.version = getattr(self.model, "version", "") or "user"
-        self.weights_sha256 = self.model.weights_sha256
-        self.device = str(self.model.device)
+        _take_identity(self, self.model)
 
     def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
         model = self.model
