@@ -100,7 +100,10 @@ def restore(
     ] = None,
     steps: Annotated[
         str | None,
-        typer.Option(help="Comma-separated stages: denoise,inpaint,tone,upscale,colorize; or all."),
+        typer.Option(
+            help="Comma-separated stages: denoise,inpaint,face,tone,upscale,colorize; or all "
+            "(default: all but colorize; face runs only with --model face=WEIGHTS)."
+        ),
     ] = None,
     scale: Annotated[
         int | None, typer.Option(help="Upscale factor 1, 2 or 4 (default: automatic).")

@@ -11,9 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from daguerre import __version__
-from daguerre.records import PIXEL_STAGES
+from daguerre.records import DEFAULT_STEPS, PIXEL_STAGES
 
-DEFAULT_STEPS: tuple[str, ...] = ("denoise", "inpaint", "tone", "upscale")
 CATALOG_ENV = "DAGUERRE_CATALOG_URL"
 DEFAULT_CATALOG_FILE = "daguerre-catalog.sqlite"
 

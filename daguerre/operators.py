@@ -501,6 +501,179 @@ def _xywh(r: Region) -> tuple[int, int, int, int]:
     return r.x, r.y, r.width, r.height
 
 
+# --------------------------------------------------------------------------- faces
+# Face models (GFPGAN, CodeFormer) restore one face at a time in a fixed-size square crop
+# (512 px). The stage crops around each detected face, restores the crop, and blends it back
+# with a soft elliptical mask, leaving every pixel outside the crops untouched.
+
+FACE_MODEL_SIZE = 512
+# A detector's box covers brows to chin; the models were trained on crops about twice that
+# (hair, ears and jaw in view), so the crop is the box's long side times this, centred.
+FACE_CROP_EXPAND = 2.0
+# Blend weight over the crop, by normalised radius from its centre: 1 inside FACE_BLEND_INNER,
+# a raised-cosine ramp to 0 at FACE_BLEND_OUTER (the crop's corners keep the original).
+FACE_BLEND_INNER = 0.55
+FACE_BLEND_OUTER = 0.95
+# At most this many faces per image, largest first (a group photo can hold hundreds of
+# detections; each costs one model run).
+MAX_FACES = 32
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """One face: the detector's box and the square crop restored (image coordinates; the
+    crop may reach past the image's edges, which are mirrored into it)."""
+
+    box: tuple[int, int, int, int]
+    x: int
+    y: int
+    side: int
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"box": list(self.box), "crop": [self.x, self.y, self.side, self.side]}
+
+
+def face_crops(boxes: list[list[int]] | list[tuple[int, int, int, int]]) -> list[FaceCrop]:
+    """Square crops around (x, y, w, h) face boxes, largest boxes first, at most MAX_FACES."""
+    ordered = sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
+    crops = []
+    for x, y, w, h in ordered[:MAX_FACES]:
+        side = max(2, round(max(w, h) * FACE_CROP_EXPAND))
+        cx, cy = x + w / 2, y + h / 2
+        crops.append(FaceCrop((x, y, w, h), round(cx - side / 2), round(cy - side / 2), side))
+    return crops
+
+
+def read_padded(source: RegionSource, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The (h, w) region at (x, y), which may reach past the image: outside is mirrored."""
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(source.width, x + w), min(source.height, y + h)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"region {(x, y, w, h)} lies outside the image")
+    inside = source.read_region(x0, y0, x1 - x0, y1 - y0)
+    top, left = y0 - y, x0 - x
+    bottom, right = h - top - (y1 - y0), w - left - (x1 - x0)
+    if top == bottom == left == right == 0:
+        return inside
+    # REFLECT_101 needs the pad smaller than the image; a face crop at a tiny image's edge may
+    # not be, so replicate there.
+    small = max(top, bottom) >= inside.shape[0] or max(left, right) >= inside.shape[1]
+    border = cv2.BORDER_REPLICATE if small else cv2.BORDER_REFLECT_101
+    out = cv2.copyMakeBorder(inside, top, bottom, left, right, border)
+    return out.reshape(h, w, inside.shape[2])
+
+
+def face_blend_weight(xs: np.ndarray, ys: np.ndarray, side: int) -> np.ndarray:
+    """Blend weights (len(ys), len(xs)) float32 for crop-relative pixel coordinates."""
+    half = side / 2
+    nx = (xs.astype(np.float32) + 0.5 - half) / half
+    ny = (ys.astype(np.float32) + 0.5 - half) / half
+    r = np.sqrt(nx[None, :] ** 2 + ny[:, None] ** 2)
+    t = np.clip((r - FACE_BLEND_INNER) / (FACE_BLEND_OUTER - FACE_BLEND_INNER), 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+@dataclass
+class _RestoredFace:
+    crop: FaceCrop
+    pixels: np.ndarray  # (r, r, C) restored, r = min(crop.side, model size)
+
+
+@dataclass
+class FaceRestore(_Tiled):
+    """A face model (the user's GFPGAN or CodeFormer) over every detected face.
+
+    Each face's crop goes to the model at its working size and comes back at
+    min(crop side, working size): a crop larger than that is sampled up (bicubic) as tiles
+    are written, so memory stays at one working-size image per face whatever the scan size.
+    """
+
+    model: Any  # daguerre.models.loading.LoadedModel
+    stage: str = "face"
+    id: str = ""
+    version: str = ""
+    weights_sha256: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _take_identity(self, self.model)
+
+    @property
+    def model_size(self) -> int:
+        req = self.model.size_requirements
+        # A face model states its working size as its minimum (GFPGAN) or multiple (CodeFormer).
+        size = max(int(req.minimum), int(req.multiple_of))
+        return size if size >= 16 else FACE_MODEL_SIZE
+
+    def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
+        size = self.model_size
+        crops = face_crops(params.get("faces", []))
+        restored = []
+        for crop in crops:
+            pixels = read_padded(source, crop.x, crop.y, crop.side, crop.side)
+            interp = cv2.INTER_AREA if crop.side > size else cv2.INTER_CUBIC
+            model_in = cv2.resize(pixels, (size, size), interpolation=interp)
+            out = self.model.run(model_in.reshape(size, size, pixels.shape[2]))
+            kept = min(crop.side, size)
+            if kept != size:
+                out = cv2.resize(out, (kept, kept), interpolation=cv2.INTER_AREA)
+            out = np.clip(out, 0.0, 1.0).reshape(kept, kept, pixels.shape[2])
+            restored.append(_RestoredFace(crop, out.astype(np.float32)))
+
+        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
+            out = pixels
+            for face in restored:
+                out = _paste_face(out, pixels is out, tile.read, face)
+            return out
+
+        used = {
+            "architecture": self.model.architecture,
+            "model_size": size,
+            "crop_expand": FACE_CROP_EXPAND,
+            "faces": [c.to_json() for c in crops],
+        }
+        metrics = {"faces": len(crops), "faces_detected": len(params.get("faces", []))}
+        return TileJob(TileRequirements(blend=0, tile=CLASSICAL_TILE), fn, used, metrics)
+
+
+def _paste_face(out: np.ndarray, shared: bool, region: Region, face: _RestoredFace) -> np.ndarray:
+    """Blend one restored face into the tile `out` (covering `region`); copies the tile first
+    when `shared` (the tiler's input view must not be modified)."""
+    c = face.crop
+    x0, y0 = max(region.x, c.x), max(region.y, c.y)
+    x1 = min(region.x + region.width, c.x + c.side)
+    y1 = min(region.y + region.height, c.y + c.side)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    if shared:
+        out = out.copy()
+    xs = np.arange(x0, x1) - c.x  # crop-relative
+    ys = np.arange(y0, y1) - c.y
+    kept = face.pixels.shape[0]
+    if kept == c.side:
+        face_px = face.pixels[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+    else:  # sample the working-size result at these pixels' centres
+        f = kept / c.side
+        map_x = np.broadcast_to(((xs + 0.5) * f - 0.5).astype(np.float32), (len(ys), len(xs)))
+        map_y = np.broadcast_to(
+            ((ys + 0.5) * f - 0.5).astype(np.float32)[:, None], (len(ys), len(xs))
+        )
+        face_px = cv2.remap(
+            face.pixels,
+            np.ascontiguousarray(map_x),
+            np.ascontiguousarray(map_y),
+            cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        face_px = np.clip(face_px.reshape(len(ys), len(xs), -1), 0.0, 1.0)
+    weight = face_blend_weight(xs, ys, c.side)[:, :, None]
+    rows = slice(y0 - region.y, y1 - region.y)
+    cols = slice(x0 - region.x, x1 - region.x)
+    base = out[rows, cols]
+    out[rows, cols] = base + weight * (face_px - base)
+    return out
+
+
 CLASSICAL: dict[str, type] = {
     "denoise": NlmDenoise,
     "inpaint": TeleaInpaint,
@@ -562,6 +735,8 @@ def _make_operator(stage: str, user_spec: str | None, device: str) -> Any:
 
         spec = parse_model_spec(f"{task_name}={user_spec}")
         model = load_user_model(spec.task, spec.source, spec.sha256, device)
+        if stage == "face":
+            return FaceRestore(model)
         user_op = LearnedOperator(stage, model)
         if stage != "upscale":
             return user_op

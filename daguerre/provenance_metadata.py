@@ -35,6 +35,8 @@ from daguerre.records import PIXEL_STAGES, AssetFacts, StepFacts, StepStatus
 NAMESPACE = "https://daguerre.example/ns/1.0/"
 PREFIX = "daguerre"
 COLOUR_NOTICE = "Colours are a machine interpretation, not a recovery."
+# Face models redraw the faces they restore (details come from training data, not the scan).
+FACE_NOTICE = "Faces were redrawn by a face restoration model."
 # Largest XMP packet in one JPEG APP1 segment: 65535 - 2 (length) - 29 (namespace + NUL).
 JPEG_XMP_LIMIT = 65504
 
@@ -128,6 +130,10 @@ class Provenance:
         return self.role == "derivative" and any(s.stage == "colorize" for s in self.edits)
 
     @property
+    def faces_redrawn(self) -> bool:
+        return self.role == "derivative" and any(s.stage == "face" for s in self.edits)
+
+    @property
     def learned(self) -> bool:
         """True when a trained model (an operator with weights) changed the pixels."""
         return any(s.weights_sha256 for s in self.edits)
@@ -143,6 +149,8 @@ class Provenance:
             return f"Converted by {self.software}; no restoration step was applied."
         done = ", ".join(f"{s.stage} ({_operator_label(s)})" for s in self.edits)
         text = f"Restored by {self.software}: {done}."
+        if self.faces_redrawn:
+            text = f"{text} {FACE_NOTICE}"
         return f"{text} {COLOUR_NOTICE}" if self.colorized else text
 
     def for_damage_mask(self) -> Provenance:
@@ -469,6 +477,8 @@ def _events(provenance: Provenance, mime: str | None) -> list[dict[str, str]]:
             text += f" (weights sha256 {step.weights_sha256})"
         if step.stage == "colorize":
             text += f"; {COLOUR_NOTICE}"
+        elif step.stage == "face":
+            text += f"; {FACE_NOTICE}"
         event = {"action": "edited", "softwareAgent": p.software, "parameters": text}
         if step.started_at:
             event["when"] = step.started_at.isoformat()

@@ -13,7 +13,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 # The pixel stages in the order they run. Detection comes before them, store and record after.
-PIXEL_STAGES: tuple[str, ...] = ("denoise", "inpaint", "tone", "upscale", "colorize")
+PIXEL_STAGES: tuple[str, ...] = ("denoise", "inpaint", "face", "tone", "upscale", "colorize")
+# What `restore` runs unless told otherwise. Colorization is an interpretation: opt-in. Face
+# restoration runs only where faces were found and the user configured a face model.
+DEFAULT_STEPS: tuple[str, ...] = ("denoise", "inpaint", "face", "tone", "upscale")
 ALL_STAGES: tuple[str, ...] = ("detect", *PIXEL_STAGES, "store")
 # A page of a multi-page master is addressed as `KEY#page=N` (N > 0; page 0 is the plain key).
 PAGE_MARK = "#page="

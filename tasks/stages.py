@@ -11,7 +11,7 @@ import os
 import posixpath
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -258,12 +258,14 @@ def inspect_master(source: str, key: str) -> list[AssetFacts]:
     return assets
 
 
-def plan_options(cfg: RestoreConfig, colorizer_available: bool) -> PlanOptions:
+def plan_options(cfg: RestoreConfig, operators: Mapping[str, Any | None]) -> PlanOptions:
+    """The plan's options: the configuration's, and which model-only stages have a model."""
     return PlanOptions(
         steps=frozenset(cfg.steps),
         scale=cfg.scale,
         upscale_below_long_edge=cfg.upscale_below_long_edge,
-        colorizer_available=colorizer_available,
+        colorizer_available=operators.get("colorize") is not None,
+        face_model_available=operators.get("face") is not None,
     )
 
 
@@ -294,7 +296,7 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
             sink.discard()
         info = master.info
     operators = resolve_operators(cfg.steps, cfg.models, cfg.device)
-    plan = plan_restoration(detection, plan_options(cfg, operators.get("colorize") is not None))
+    plan = plan_restoration(detection, plan_options(cfg, operators))
     metrics = detection.to_metrics()
     metrics["mask_tiles"] = stats.tiles if stats else 0
     if info.pages > 1:
@@ -344,7 +346,7 @@ def pixel_stage(
     detected: DetectOutcome,
     previous: DetectOutcome | StageOutcome,
 ) -> StageOutcome:
-    """Run one pixel stage (denoise, inpaint, tone, upscale, colorize) or record why not.
+    """Run one pixel stage (denoise, inpaint, face, tone, upscale, colorize) or record why not.
 
     The input is read lazily tile by tile; the output is streamed into a tiled TIFF in the
     work area. Memory is bounded by the tiles in flight, whatever the image size.

@@ -42,7 +42,7 @@ def test_a_failing_stage_fails_only_its_images(
         steps = history.restorations[-1].steps
         assert steps[-1].stage == "tone" and steps[-1].status == StepStatus.FAILED
         assert "exploded" in (steps[-1].reason or "")
-        assert [s.stage for s in steps] == ["detect", "denoise", "inpaint", "tone"]
+        assert [s.stage for s in steps] == ["detect", "denoise", "inpaint", "face", "tone"]
     for image in succeeded:
         assert "tone" not in image.applied
         assert (tmp_path / "out" / f"{image.path}.restored.tif").is_file()

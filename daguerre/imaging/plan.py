@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daguerre.imaging.detect import Detection
-from daguerre.records import PIXEL_STAGES
-
-DEFAULT_STEPS: frozenset[str] = frozenset({"denoise", "inpaint", "tone", "upscale"})
+from daguerre.records import DEFAULT_STEPS, PIXEL_STAGES
 
 
 @dataclass(frozen=True)
 class PlanOptions:
     """What the operator asked for, and the thresholds that decide each stage."""
 
-    steps: frozenset[str] = DEFAULT_STEPS  # enabled stages, a subset of PIXEL_STAGES
+    steps: frozenset[str] = frozenset(DEFAULT_STEPS)  # enabled stages, a subset of PIXEL_STAGES
     scale: int | None = None  # upscale factor; None = automatic from the long edge
     upscale_below_long_edge: int = 512  # automatic x2 below it, x4 below half of it
     denoise_min_sigma: float = 2.0  # 8-bit units
@@ -28,6 +26,7 @@ class PlanOptions:
     inpaint_max_coverage: float = 0.05  # above it the mask is distrusted
     tone_max_contrast: float = 0.8  # stretch only when luminance p99 - p1 is below it
     colorizer_available: bool = False
+    face_model_available: bool = False
     inpaint_radius: int = 3
     tone_low_pct: float = 0.5
     tone_high_pct: float = 99.5
@@ -102,6 +101,18 @@ def _inpaint(det: Detection, opts: PlanOptions) -> StageDecision:
     return StageDecision("inpaint", True, f"damage mask covers {_pct(coverage)}", params)
 
 
+def _face(det: Detection, opts: PlanOptions) -> StageDecision:
+    n = len(det.faces)
+    if n == 0:
+        return StageDecision("face", False, "no faces detected")
+    found = f"{n} face{'s' if n > 1 else ''} detected"
+    if not opts.face_model_available:
+        return StageDecision(
+            "face", False, f"{found}: no face model configured (--model face=WEIGHTS)"
+        )
+    return StageDecision("face", True, found, {"faces": [[int(v) for v in b] for b in det.faces]})
+
+
 def _tone(det: Detection, opts: PlanOptions) -> StageDecision:
     spread = float(det.contrast)
     if spread < opts.tone_max_contrast:
@@ -169,6 +180,7 @@ def _colorize(det: Detection, opts: PlanOptions) -> StageDecision:
 _DECIDERS: dict[str, Callable[[Detection, PlanOptions], StageDecision]] = {
     "denoise": _denoise,
     "inpaint": _inpaint,
+    "face": _face,
     "tone": _tone,
     "upscale": _upscale,
     "colorize": _colorize,
