@@ -22,9 +22,7 @@ is written beside its grey input to bench/results/colorize_real/ to look at (no 
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import re
 import statistics
 import time
@@ -35,27 +33,36 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from common import (
+    DATASETS,
+    TEST_DATASETS,
+    Speeds,
+    add_model_option,
+    add_run_options,
+    bench_parser,
+    load_images,
+    load_models,
+    megapixels,
+    model_record,
+    psnr_from_mse,
+    quantise,
+    set_threads,
+    unit,
+    write_results,
+)
 
 from daguerre.models.arch import colorize as col
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-TEST_SET = DATASETS / "test" / "CBSD68"
+TEST_SET = TEST_DATASETS / "CBSD68"
 TUNE_SET = DATASETS / "train" / "BSDS500-train"
 REAL_OUT = Path("bench/results/colorize_real")
 
 Colorizer = Callable[[np.ndarray], np.ndarray]  # (H, W, 1) grey in [0, 1] -> (H, W, 3)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot decode {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-
-
-def load_images(folder: Path, limit: int, suffixes: tuple[str, ...]) -> list[np.ndarray]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
-    return [_read_rgb(p) for p in paths[: limit or None]]
+def load_rgb(folder: Path, limit: int, suffixes: tuple[str, ...]) -> list[np.ndarray]:
+    """The first `limit` images (0: all) of `folder` as float32 RGB in [0, 1]."""
+    return [unit(img) for img in load_images(folder, True, limit, suffixes)]
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -66,7 +73,7 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 
 def psnr(out: np.ndarray, ref: np.ndarray) -> float:
     mse = float(((out.astype(np.float64) - ref) ** 2).mean())
-    return 99.0 if mse <= 1e-12 else 10 * math.log10(1.0 / mse)
+    return 99.0 if mse <= 1e-12 else psnr_from_mse(mse)
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -133,7 +140,7 @@ def _side_by_side(folder: Path, models: dict, out: Path, long_edge: int = 720) -
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             continue
-        grey = to_grey(cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
+        grey = to_grey(unit(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)))
         panels = [("grey", np.repeat(grey, 3, axis=2))]
         for label, op in ops.items():
             t0 = time.perf_counter()
@@ -153,24 +160,17 @@ def _side_by_side(folder: Path, models: dict, out: Path, long_edge: int = 720) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", action="append", default=[], metavar="LABEL=WEIGHTS")
+    parser = bench_parser(__doc__)
+    add_model_option(parser)
     parser.add_argument("--temperatures", default="", help="extra decodings, e.g. 0.25,0.5")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N images")
     parser.add_argument("--tune-images", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--real", type=Path, default=None, help="folder of grey photos")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/colorize.json"))
+    add_run_options(parser, Path("bench/results/colorize.json"), "only the first N images")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    from daguerre.models.loading import load_user_model
-
+    set_threads(args.threads)
     t0 = time.perf_counter()
-    sepia = tune_sepia(load_images(TUNE_SET, args.tune_images, (".jpg", ".png")))
+    sepia = tune_sepia(load_rgb(TUNE_SET, args.tune_images, (".jpg", ".png")))
     print(f"sepia a*={sepia[0]} b*={sepia[1]} (tuned in {time.perf_counter() - t0:.0f} s)")
     methods: dict[str, Colorizer] = {
         "grey": lambda g: np.repeat(g, 3, axis=2),
@@ -178,39 +178,31 @@ def main() -> None:
     }
     results: dict = {"sepia_ab": list(sepia), "models": {}}
     loaded = {}
-    for item in args.model:
-        label, _, path = item.partition("=")
-        model = load_user_model("colorize", path, device="cpu")
+    for label, (model, path) in load_models("colorize", args.model).items():
         loaded[label] = model
-        results["models"][label] = {
-            "weights_sha256": model.weights_sha256,
-            "parameters": sum(p.numel() for p in model.module.parameters()),
-            "file_bytes": Path(path).stat().st_size,
-        }
+        results["models"][label] = model_record(model, path)
         methods[label] = lambda g, model=model: model.run(g)
         for t in filter(None, args.temperatures.split(",")):
             methods[f"{label}@{float(t)}"] = _at_temperature(model.module, float(t))
 
-    images = load_images(TEST_SET, args.limit, (".png",))
+    images = load_rgb(TEST_SET, args.limit, (".png",))
     scores: dict[str, dict[str, list[float]]] = {
-        k: {"psnr": [], "colourfulness": [], "mp_per_s": []} for k in methods
+        k: {"psnr": [], "colourfulness": []} for k in methods
     }
+    speeds = Speeds(methods)
     for img in images:
         grey = to_grey(img)
         for label, colorize in methods.items():
-            t = time.perf_counter()
-            out = colorize(grey)
-            seconds = time.perf_counter() - t
-            out = np.round(np.clip(out, 0, 1) * 255) / 255.0
-            s = scores[label]
-            s["psnr"].append(psnr(out, img))
-            s["colourfulness"].append(colourfulness(out))
-            s["mp_per_s"].append(img.shape[0] * img.shape[1] / 1e6 / max(seconds, 1e-9))
+            with speeds.timing(label, megapixels(img)):
+                out = colorize(grey)
+            out = quantise(out)
+            scores[label]["psnr"].append(psnr(out, img))
+            scores[label]["colourfulness"].append(colourfulness(out))
     summary = {
         label: {
             "psnr": round(statistics.fmean(s["psnr"]), 2),
             "colourfulness": round(statistics.fmean(s["colourfulness"]), 1),
-            "mp_per_s": round(statistics.median(s["mp_per_s"]), 3),
+            "mp_per_s": speeds.median(label),
         }
         for label, s in scores.items()
     }
@@ -220,8 +212,7 @@ def main() -> None:
     print(json.dumps(results["CBSD68"], indent=1), flush=True)
     if args.real is not None:
         _side_by_side(args.real, loaded, REAL_OUT)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -18,38 +18,31 @@ look at (no ground truth).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
+from common import (
+    Speeds,
+    add_model_option,
+    add_run_options,
+    bench_parser,
+    finish,
+    load_models,
+    load_test_set,
+    megapixels,
+    model_record,
+    quantise,
+    set_threads,
+    unit,
+)
 
 from daguerre.imaging import degrade as dg
 from daguerre.imaging.detect import damage_mask
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "test"
-SETS = {"CBSD68": True, "BSD68": False}
-
 Detector = Callable[[np.ndarray], np.ndarray]
-
-
-def load_set(name: str, limit: int) -> list[np.ndarray]:
-    colour = SETS[name]
-    paths = sorted(p for p in (DATASETS / name).rglob("*") if p.suffix.lower() == ".png")
-    out = []
-    for path in paths[: limit or None]:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if colour else img[..., None]
-        out.append(img.astype(np.float32) / 255.0)
-    return out
-
-
-def _quantise(img: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(img, 0, 1) * 255) / np.float32(255)
 
 
 class Counts:
@@ -72,43 +65,29 @@ class Counts:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", action="append", default=[], metavar="LABEL=WEIGHTS")
+    parser = bench_parser(__doc__)
+    add_model_option(parser)
     parser.add_argument("--sets", default="CBSD68,BSD68")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N images per set")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--real", type=Path, default=None, help="folder of real scans to mask")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/damage.json"))
+    add_run_options(parser, Path("bench/results/damage.json"))
     args = parser.parse_args()
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    from daguerre.models.loading import load_user_model
+    set_threads(args.threads)
     from daguerre.operators import DAMAGE_THRESHOLD
 
     detectors: dict[str, Detector] = {"classical": damage_mask}
     results: dict = {"models": {}, "sets": {}, "threshold": DAMAGE_THRESHOLD}
-    for item in args.model:
-        label, _, path = item.partition("=")
-        model = load_user_model("damage", path, device="cpu")
-        results["models"][label] = {
-            "weights_sha256": model.weights_sha256,
-            "parameters": sum(p.numel() for p in model.module.parameters()),
-            "file_bytes": Path(path).stat().st_size,
-        }
+    for label, (model, path) in load_models("damage", args.model).items():
+        results["models"][label] = model_record(model, path)
         detectors[label] = lambda img, m=model: m.run(img)[:, :, 0] > DAMAGE_THRESHOLD
 
     recipes = {
         "held-out": dg.damage_held_out_config(),
         "training-like": dg.damage_training_config(),
     }
-    speed: dict[str, list[float]] = {k: [] for k in detectors}
+    speeds = Speeds(detectors)
     for set_name in args.sets.split(","):
-        images = load_set(set_name, args.limit)
+        images = [unit(img) for img in load_test_set(set_name, args.limit)]
         counts = {(r, d): Counts() for r in recipes for d in detectors}
         marked = {(k, d): [0, 0] for k in ("clean", "aged") for d in detectors}
         truth_share = {r: [0, 0] for r in recipes}
@@ -117,19 +96,16 @@ def main() -> None:
             for r_index, (recipe, cfg) in enumerate(recipes.items()):
                 rng = np.random.default_rng([index, r_index, 7])
                 out = dg.degrade(clean, rng, cfg)
-                cases[recipe] = (_quantise(out.image), out.damage_mask)
+                cases[recipe] = (quantise(out.image), out.damage_mask)
                 truth_share[recipe][0] += int(out.damage_mask.sum())
                 truth_share[recipe][1] += out.damage_mask.size
-            aged = _quantise(
+            aged = quantise(
                 dg.degrade(clean, np.random.default_rng([index, 9]), dg.undamaged_config()).image
             )
             for label, detect in detectors.items():
                 for recipe, (img, truth) in cases.items():
-                    t0 = time.perf_counter()
-                    pred = detect(img)
-                    speed[label].append(
-                        img.shape[0] * img.shape[1] / 1e6 / (time.perf_counter() - t0)
-                    )
+                    with speeds.timing(label, megapixels(img)):
+                        pred = detect(img)
                     counts[(recipe, label)].add(pred, truth)
                 for kind, img in (("clean", clean), ("aged", aged)):
                     pred = detect(img)
@@ -148,13 +124,9 @@ def main() -> None:
             }
         results["sets"][set_name] = summary
         print(set_name, json.dumps(summary), flush=True)
-    results["mp_per_s_median"] = {k: round(statistics.median(v), 3) for k, v in speed.items() if v}
-    results["threads"] = args.threads
     if args.real is not None:
         _overlays(args.real, detectors, Path("bench/results/damage_real"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results["mp_per_s_median"]))
+    finish(results, speeds, args.threads, args.out)
 
 
 def _overlays(folder: Path, detectors: dict[str, Detector], out: Path) -> None:
@@ -164,7 +136,7 @@ def _overlays(folder: Path, detectors: dict[str, Detector], out: Path) -> None:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             continue
-        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+        rgb = unit(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         for label, detect in detectors.items():
             mask = detect(rgb)
             overlay = img.copy()

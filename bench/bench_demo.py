@@ -10,13 +10,14 @@ is skipped), through the real Prefect flow on the ephemeral API. Stage durations
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from common import write_results
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -74,8 +75,7 @@ def main() -> None:
             for c, stages in per_stage.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
     print(f"Totals over {len(masters)} images, median of {args.runs} runs (s)")
     print("| stage | " + " | ".join(configs) + " |")
     print("|---|" + "---|" * len(configs))

@@ -17,25 +17,35 @@ how the models fare on scan-like inputs (not comparable with published tables).
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    TEST_DATASETS,
+    Speeds,
+    add_model_option,
+    add_run_options,
+    bench_parser,
+    finish,
+    load_models,
+    mean_scores,
+    megapixels,
+    model_record,
+    psnr_from_mse,
+    set_threads,
+    to_uint8,
+    unit,
+)
 from PIL import Image
-
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "test"
 
 
 def hr_paths(set_name: str, scale: int) -> list[Path]:
     if set_name == "Set5":
-        return sorted((DATASETS / "Set5" / "HR").glob("*.png"))
+        return sorted((TEST_DATASETS / "Set5" / "HR").glob("*.png"))
     if set_name == "Set14":
-        return sorted((DATASETS / "Set14" / f"image_SRF_{scale}").glob("*_HR.png"))
+        return sorted((TEST_DATASETS / "Set14" / f"image_SRF_{scale}").glob("*_HR.png"))
     if set_name == "BSD100":
-        return sorted((DATASETS / "BSD100" / "HR").glob("*.png"))
+        return sorted((TEST_DATASETS / "BSD100" / "HR").glob("*.png"))
     raise ValueError(f"unknown set {set_name}")
 
 
@@ -57,62 +67,33 @@ def y_psnr(hr: np.ndarray, out: np.ndarray, scale: int) -> float:
 
     a, b = y(hr)[scale:-scale, scale:-scale], y(out)[scale:-scale, scale:-scale]
     mse = np.mean((a - b) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+    return psnr_from_mse(float(mse), 255.0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="LABEL=WEIGHTS",
-        help="an upscaler's safetensors (its scale is read from the weights); repeatable",
+    parser = bench_parser(__doc__)
+    add_model_option(
+        parser, "an upscaler's safetensors (its scale is read from the weights); repeatable"
     )
     parser.add_argument("--sets", default="Set5,Set14,BSD100")
     parser.add_argument("--scales", default="2,4")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N images per set")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--protocol", choices=("bicubic", "realistic"), default="bicubic")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/upscale.json"))
+    add_run_options(parser, Path("bench/results/upscale.json"))
     args = parser.parse_args()
 
-    import cv2
-    import torch
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
+    set_threads(args.threads)
     from daguerre.imaging.classical import lanczos_upscale
-    from daguerre.models.loading import load_user_model
     from daguerre.models.training import degrade_for_upscale
 
-    models = {}
-    for item in args.model:
-        label, _, path = item.partition("=")
-        m = load_user_model("upscale", path, device="cpu")
-        size = Path(path).stat().st_size
-        models[label] = (m, size)
-
+    models = load_models("upscale", args.model)
     results: dict = {
         "protocol": args.protocol,
         "models": {
-            label: {
-                "weights_sha256": m.weights_sha256,
-                "scale": m.scale,
-                "parameters": sum(p.numel() for p in m.module.parameters()),
-                "file_bytes": size,
-            }
-            for label, (m, size) in models.items()
+            label: model_record(m, path, scale=m.scale) for label, (m, path) in models.items()
         },
         "sets": {},
     }
-    speed: dict[str, list[float]] = {}
+    speeds = Speeds()
     for scale in (int(s) for s in args.scales.split(",")):
         for set_name in args.sets.split(","):
             paths = hr_paths(set_name, scale)
@@ -123,37 +104,30 @@ def main() -> None:
                 hr = load_rgb(path, scale)
                 if args.protocol == "realistic":
                     rng = np.random.default_rng([index, scale, 3])
-                    lr_f = degrade_for_upscale(hr.astype(np.float32) / 255.0, scale, rng)
-                    lr = np.clip(np.round(lr_f * 255), 0, 255).astype(np.uint8)
+                    lr_f = degrade_for_upscale(unit(hr), scale, rng)
+                    lr = to_uint8(lr_f)
                 else:
                     lr = bicubic_lr(hr, scale)
-                lr_f = lr.astype(np.float32) / 255.0
-                mp = lr.shape[0] * lr.shape[1] / 1e6
+                lr_f = unit(lr)
+                mp = megapixels(lr)
                 outs: dict[str, np.ndarray] = {}
-                t0 = time.perf_counter()
                 h, w = hr.shape[:2]
-                outs["bicubic"] = np.asarray(Image.fromarray(lr).resize((w, h), Image.BICUBIC))
-                speed.setdefault(f"bicubic x{scale}", []).append(mp / (time.perf_counter() - t0))
-                t0 = time.perf_counter()
-                outs["lanczos"] = to_uint8(lanczos_upscale(lr_f, scale))
-                speed.setdefault(f"lanczos x{scale}", []).append(mp / (time.perf_counter() - t0))
+                with speeds.timing(f"bicubic x{scale}", mp):
+                    outs["bicubic"] = np.asarray(Image.fromarray(lr).resize((w, h), Image.BICUBIC))
+                with speeds.timing(f"lanczos x{scale}", mp):
+                    outs["lanczos"] = to_uint8(lanczos_upscale(lr_f, scale))
                 for label, (m, _) in models.items():
                     if m.scale != scale:
                         continue
-                    t0 = time.perf_counter()
-                    outs[label] = to_uint8(m.run(lr_f))
-                    speed.setdefault(label, []).append(mp / (time.perf_counter() - t0))
+                    with speeds.timing(label, mp):
+                        outs[label] = to_uint8(m.run(lr_f))
                 for label, out in outs.items():
                     rows.setdefault(label, []).append(y_psnr(hr, out, scale))
-            summary = {k: round(float(np.mean(v)), 2) for k, v in rows.items()}
+            summary: dict = mean_scores(rows)
             summary["images"] = len(paths)
             results["sets"].setdefault(f"x{scale}", {})[set_name] = summary
             print(f"x{scale}", set_name, summary, flush=True)
-    results["mp_per_s_median"] = {k: round(statistics.median(v), 3) for k, v in speed.items()}
-    results["threads"] = args.threads
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results["mp_per_s_median"]))
+    finish(results, speeds, args.threads, args.out)
 
 
 if __name__ == "__main__":
