@@ -32,6 +32,7 @@ from daguerre.imaging.tiling import (
     TileRequirements,
     TileSink,
     TileStats,
+    TileWriter,
     apply_tiled,
     iter_blocks,
 )
@@ -280,18 +281,17 @@ class LanczosUpscale(_Tiled):
             context=6, blend=0, scale=scale, tile=max(256, CLASSICAL_TILE // scale)
         )
 
-        buffer: list[np.ndarray] = []
+        def write(pixels: np.ndarray, tile: Tile, out: np.ndarray) -> None:
+            classical.lanczos_upscale(pixels, scale, out=out, clip=False)
 
-        def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            # One output buffer, reused while tiles keep its shape (balanced tiles mostly do):
-            # the tiler copies a tile's output out before it asks for the next tile. One slot,
-            # not one per shape: each holds a 50 MB tile output at the default tile size.
-            h, w, c = pixels.shape
-            shape = (h * scale, w * scale, c)
-            if not buffer or buffer[0].shape != shape:
-                buffer[:] = [np.empty(shape, np.float32)]
-            return classical.lanczos_upscale(pixels, scale, out=buffer[0])
+        def clip(out: np.ndarray) -> None:
+            np.clip(out, 0.0, 1.0, out=out)
 
+        # A writer: into an in-memory sink each tile's output goes straight into the image (no
+        # copy of the 576 MB float output of a 12 MP x2), clipped a row of tiles at a time
+        # over whole image rows (twice as fast as over tile-shaped views); elsewhere into a
+        # reused buffer, clipped there.
+        fn = TileWriter(write, scale, channels=source.bands, finish=clip)
         return TileJob(req, fn, {"scale": scale})
 
 

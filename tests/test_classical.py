@@ -121,6 +121,28 @@ def test_lanczos_upscale_shape(channels, scale):
     assert out.min() >= 0 and out.max() <= 1  # Lanczos overshoot is clipped
 
 
+@pytest.mark.parametrize(("channels", "scale"), [(1, 2), (3, 4), (3, 1)])
+def test_lanczos_upscale_writes_into_a_strided_view(channels, scale):
+    pixels = np.random.default_rng(0).random((10, 7, channels), dtype=np.float32)
+    big = np.full((50, 40, channels), 7.0, np.float32)
+    view = big[3 : 3 + 10 * scale, 5 : 5 + 7 * scale]  # a rectangle of a larger image
+    got = lanczos_upscale(pixels, scale, out=view)
+    assert got is view
+    np.testing.assert_array_equal(view, lanczos_upscale(pixels, scale))
+    big[3 : 3 + 10 * scale, 5 : 5 + 7 * scale] = 7.0
+    assert (big == 7.0).all()  # nothing written outside the view
+    with pytest.raises(ValueError, match="out must be"):
+        lanczos_upscale(pixels, scale, out=big[:2, :2])
+
+
+def test_lanczos_upscale_can_leave_the_clipping_to_the_caller():
+    step = np.zeros((8, 8, 1), np.float32)
+    step[:, 4:] = 1.0  # a hard edge: Lanczos rings past 0 and 1
+    raw = lanczos_upscale(step, 2, clip=False)
+    assert raw.min() < 0 and raw.max() > 1
+    np.testing.assert_array_equal(np.clip(raw, 0, 1), lanczos_upscale(step, 2))
+
+
 def test_lanczos_upscale_rejects_bad_scale():
     with pytest.raises(ValueError):
         lanczos_upscale(np.zeros((4, 4, 1), np.float32), 0)

@@ -11,6 +11,7 @@ from daguerre.imaging.tiling import (
     ArraySink,
     ArraySource,
     TileRequirements,
+    TileWriter,
     apply_tiled,
     plan_axis,
     plan_tiles,
@@ -210,6 +211,89 @@ def test_lanczos_tiled_equals_untiled(scale: int) -> None:
     whole = classical.lanczos_upscale(img, scale)
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() < 1e-5
+
+
+class _NoViews:
+    """A sink that lends no views (like the on-disk one): cells come through write."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.inner = ArraySink(width, height)
+        self.writes = 0
+
+    def write(self, x, y, pixels):
+        self.writes += 1
+        self.inner.write(x, y, pixels)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize(
+    ("h", "w", "tile"),
+    [(61, 83, 24), (97, 41, 31), (30, 200, 57), (1, 37, 16), (45, 29, 4096)],
+)
+def test_lanczos_writes_tiles_in_place_exactly(scale: int, h: int, w: int, tile: int) -> None:
+    img = np.random.default_rng(h * w).random((h, w, 3), dtype=np.float32)  # rings: clipping
+    whole = classical.lanczos_upscale(img, scale)
+    params, ctx = {"scale": scale}, StageContext()
+    sink = ArraySink(w * scale, h * scale)
+    run = run_operator(LanczosUpscale(), ArraySource(img), sink, params, ctx, tile=tile)
+    req = LanczosUpscale().prepare(ArraySource(img), params, ctx).requirements
+    n = len(plan_tiles(w, h, req, tile=tile))
+    assert run.stats.tiles == run.stats.in_place == n  # every tile went straight into the sink
+    assert (n == 1) == (tile > max(h, w))
+    assert sink.result().shape == whole.shape
+    assert np.abs(sink.result() - whole).max() < 1e-5
+    # A sink without views gets the same pixels through write, cell by cell.
+    other = _NoViews(w * scale, h * scale)
+    run = run_operator(LanczosUpscale(), ArraySource(img), other, params, ctx, tile=tile)
+    assert run.stats.in_place == 0 and other.writes == run.stats.tiles == n
+    np.testing.assert_array_equal(other.inner.result(), sink.result())
+
+
+def test_lanczos_in_place_on_one_band_and_through_apply() -> None:
+    img = _picture(53, 71).mean(axis=2, keepdims=True)
+    got = LanczosUpscale().apply(img, {"scale": 2}, StageContext()).pixels
+    np.testing.assert_array_equal(got, classical.lanczos_upscale(img, 2))
+    sink = ArraySink(142, 106)
+    run = run_operator(
+        LanczosUpscale(), ArraySource(img), sink, {"scale": 2}, StageContext(), tile=20
+    )
+    assert run.stats.in_place == run.stats.tiles > 4
+    assert np.abs(sink.result() - classical.lanczos_upscale(img, 2)).max() < 1e-5
+
+
+def test_a_writer_that_runs_out_of_memory_in_place_is_split() -> None:
+    img = _picture(90, 110)
+
+    def write(p, t, out):
+        if max(p.shape[:2]) > 30 and (t.row, t.col) == (1, 1):  # too big for memory
+            raise MemoryError("fake")
+        classical.lanczos_upscale(p, 2, out=out, clip=False)
+
+    def clip(out):
+        np.clip(out, 0, 1, out=out)
+
+    req = TileRequirements(context=6, blend=0, scale=2)
+    sink = ArraySink(220, 180)
+    stats = apply_tiled(ArraySource(img), TileWriter(write, 2, finish=clip), req, sink, tile=40)
+    assert stats.splits == 1 and stats.tile_limit is not None and stats.tile_limit < 40
+    assert 0 < stats.in_place < stats.tiles  # the rest went through the split, via write
+    assert np.abs(sink.result() - classical.lanczos_upscale(img, 2)).max() < 1e-5
+    with pytest.raises(ValueError, match="scale"):
+        apply_tiled(ArraySource(img), TileWriter(write, 4), req, ArraySink(220, 180))
+
+
+def test_in_place_margins_do_not_overwrite_neighbouring_cells() -> None:
+    """In place, a tile's margin output lands on its neighbours' cells and is put back."""
+    img = np.random.default_rng(3).random((40, 50, 1), dtype=np.float32)
+
+    def write(p, t, out):  # a deliberately wrong margin: the tile index everywhere
+        out[...] = t.row * 10 + t.col
+
+    req = TileRequirements(context=5, blend=0)
+    out = tile_array(img, TileWriter(write, 1), req, tile=20)
+    plan = plan_tiles(50, 40, req, tile=20)
+    for t in plan:
+        assert (out[t.cell.slices()] == t.row * 10 + t.col).all()
 
 
 def _tiny_model(tmp_path):

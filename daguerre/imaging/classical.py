@@ -144,31 +144,45 @@ def telea_parameters(radius: int = 3) -> dict[str, Any]:
     }
 
 
-def lanczos_upscale(pixels: np.ndarray, scale: int, out: np.ndarray | None = None) -> np.ndarray:
+def lanczos_upscale(
+    pixels: np.ndarray, scale: int, out: np.ndarray | None = None, *, clip: bool = True
+) -> np.ndarray:
     """Lanczos-4 enlargement by an integer factor: (H, W, C) -> (H*scale, W*scale, C), clipped.
 
-    `out`, a C-contiguous float32 array of the result's shape, receives the result (a tiler
-    reuses one buffer: a fresh output per tile costs as much in page faults as the resize).
+    `out`, float32 of the result's shape, receives the result and is returned. It may be a
+    strided view (rows of whole pixels, e.g. a rectangle of a larger image): a tiler writes
+    each tile straight into the assembled image, or reuses one buffer (a fresh output per
+    tile costs as much in page faults as the resize). clip=False leaves Lanczos' overshoot
+    beyond [0, 1] for the caller to clip (a tiler does it over whole output rows at once).
     """
     pixels = _check(pixels)
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
     scale = int(scale)
     height, width, channels = pixels.shape
-    if scale == 1:
-        return pixels.astype(np.float32, copy=True)
     shape = (height * scale, width * scale, channels)
     if out is not None and (out.shape != shape or out.dtype != np.float32):
         raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
-    dst = None if out is None else out.reshape(shape[:2] if channels == 1 else shape)
+    if scale == 1:
+        if out is None:
+            return pixels.astype(np.float32, copy=True)
+        out[...] = pixels
+        return out
+    # OpenCV takes one band as (H, W); indexing (not reshape) keeps a strided out a view.
+    dst = None if out is None else (out[:, :, 0] if channels == 1 else out)
     result = cv2.resize(
         pixels.astype(np.float32, copy=False),
         (width * scale, height * scale),
         dst=dst,
         interpolation=cv2.INTER_LANCZOS4,
     )
-    result = result.reshape(shape)
-    return np.clip(result, 0.0, 1.0, out=result)
+    if out is None:
+        result = result.reshape(shape)
+    else:
+        if dst is not None and not np.may_share_memory(result, dst):
+            dst[...] = result  # OpenCV could not use dst (never seen): copy it there
+        result = out
+    return np.clip(result, 0.0, 1.0, out=result) if clip else result
 
 
 def resize_alpha(alpha: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:

@@ -19,6 +19,15 @@ equal values; when it does not, the ramps hide the seam. Output cells are final 
 their tile is done (row-major order), and all cells but the last row/column have the same
 size, so a sink can lay them out in a regular grid (pyvips `arrayjoin`).
 
+Writing in place: an operator whose tile function is a `TileWriter` (it fills an array it is
+handed) and that needs no blend can have each tile's output written straight into the
+assembled image when the sink is a `RegionSink` (one that lends views of its pixels, like
+`ArraySink`), which saves a copy of every output pixel. The tile's whole output, context
+included, lands in the sink; the margin above and left of its cell, which holds earlier tiles'
+final cells, is put back afterwards (the margins below and right are written again by later
+tiles); the writer's pointwise `finish` (clipping) then runs once per row of tiles over whole
+output rows. Other sinks (on disk) get cells through `write` as before.
+
 Out of memory on a tile (torch CUDA OOM or MemoryError): the tile is split and retried, and
 later tiles start at the size that worked. Any other error propagates.
 """
@@ -30,7 +39,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -308,6 +317,17 @@ class TileSink(Protocol):
     def write(self, x: int, y: int, pixels: np.ndarray) -> None: ...
 
 
+@runtime_checkable
+class RegionSink(TileSink, Protocol):
+    """A sink that can also lend a writable view of its output, for tiles written in place."""
+
+    def region(self, x: int, y: int, w: int, h: int, channels: int) -> np.ndarray | None:
+        """Float32 (h, w, channels) view of output px [y, y + h) x [x, x + w), or None when
+        the sink cannot lend one (cells then come through `write`). What the tiler leaves in
+        a cell's pixels is that cell's output, as if written."""
+        ...
+
+
 class ArraySource:
     """An in-memory image as a RegionSource (reads are views: operators must not write)."""
 
@@ -343,6 +363,19 @@ class ArraySink:
         self.width, self.height, self.dtype = width, height, np.dtype(dtype)
         self.pixels: np.ndarray | None = None
 
+    def region(self, x: int, y: int, w: int, h: int, channels: int) -> np.ndarray | None:
+        """A view of the output to write a tile into (float32 sinks only)."""
+        if x < 0 or y < 0 or x + w > self.width or y + h > self.height:
+            raise ValueError(f"region {(x, y, w, h)} outside {self.width}x{self.height}")
+        if self.dtype != np.float32:
+            return None
+        if self.pixels is None:
+            # Cells cover the output exactly once: no need to clear it first.
+            self.pixels = np.empty((self.height, self.width, channels), self.dtype)
+        elif self.pixels.shape[2:] != (channels,):
+            return None
+        return self.pixels[y : y + h, x : x + w]
+
     def write(self, x: int, y: int, pixels: np.ndarray) -> None:
         if self.pixels is None:
             if pixels.shape[:2] == (self.height, self.width) and pixels.dtype == self.dtype:
@@ -362,6 +395,53 @@ class ArraySink:
 
 
 TileFn = Callable[[np.ndarray, Tile], np.ndarray]
+WriteFn = Callable[[np.ndarray, Tile, np.ndarray], None]
+FinishFn = Callable[[np.ndarray], object]
+
+
+class TileWriter:
+    """A tile function that writes its output into an array it is handed, rather than
+    returning a new one, so the tiler can have it write into the sink's image.
+
+    write(pixels, tile, out): pixels as for a `TileFn`; out is float32 (h * scale,
+    w * scale, channels), channels defaulting to the input's bands. out may be a strided
+    view into a larger image (rows of whole pixels, as OpenCV takes for `dst`); write must
+    fill every element and must not read it. Called as a plain `TileFn` (tilers of blended
+    tiles, sinks that lend no view, OOM sub-tiles) it writes into one scratch array it
+    reuses, valid until the next call: the tiler copies each tile's output away before it
+    asks for the next.
+
+    finish(out), optional: a pointwise, idempotent step on output pixels done in place
+    (clipping to [0, 1]). Written in place, it runs once per row of tiles on the sink's
+    rows of final cells, contiguous memory where a pass costs about half what it does over
+    tile-shaped views; otherwise on each tile's output after `write`.
+    """
+
+    def __init__(
+        self,
+        write: WriteFn,
+        scale: int,
+        channels: int | None = None,
+        finish: FinishFn | None = None,
+    ) -> None:
+        if scale < 1 or (channels is not None and channels < 1):
+            raise ValueError(f"scale and channels must be >= 1, got {scale}, {channels}")
+        self.write, self.scale, self.channels, self.finish = write, scale, channels, finish
+        self._scratch: np.ndarray | None = None
+
+    def out_channels(self, pixels: np.ndarray) -> int:
+        return self.channels or int(pixels.shape[2])
+
+    def __call__(self, pixels: np.ndarray, tile: Tile) -> np.ndarray:
+        h, w = pixels.shape[:2]
+        shape = (h * self.scale, w * self.scale, self.out_channels(pixels))
+        if self._scratch is None or self._scratch.shape != shape:
+            self._scratch = None  # let the old one go before the new one is allocated
+            self._scratch = np.empty(shape, np.float32)
+        self.write(pixels, tile, self._scratch)
+        if self.finish is not None:
+            self.finish(self._scratch)
+        return self._scratch
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -380,32 +460,45 @@ class TileStats:
     splits: int = 0
     read_pixels: int = 0
     tile_limit: int | None = None  # longest read side that fit after an OOM, if any
+    in_place: int = 0  # tiles a TileWriter wrote straight into the sink (counted in tiles)
     extra: dict[str, float] = field(default_factory=dict)
 
 
 class _Runner:
     def __init__(self, fn: TileFn, req: TileRequirements, stats: TileStats) -> None:
         self.fn, self.req, self.stats = fn, req, stats
+        self.writer = fn if isinstance(fn, TileWriter) else None
+
+    def _fits(self, tile: Tile) -> bool:
+        limit = self.stats.tile_limit
+        return limit is None or max(tile.read.width, tile.read.height) <= limit or self.req.whole
+
+    def _shrink(self, tile: Tile, exc: Exception) -> bool:
+        """After `exc` on `tile`: lower the tile limit and say True when it is an OOM worth
+        splitting for, else False (the caller re-raises)."""
+        if not is_out_of_memory(exc):
+            return False
+        # Halve, but not below the smallest tile that still makes progress.
+        longest = max(tile.read.width, tile.read.height)
+        smaller = max(longest // 2, self.req.smallest_tile + self.req.blend)
+        if self.req.whole or smaller >= longest:
+            return False
+        self._free()
+        self.stats.splits += 1
+        limit = self.stats.tile_limit
+        self.stats.tile_limit = smaller if limit is None else min(limit, smaller)
+        return True
 
     def run(self, pixels: np.ndarray, tile: Tile) -> np.ndarray:
         """fn on one tile; on OOM split it (recursively) and blend the pieces."""
-        limit = self.stats.tile_limit
-        longest = max(tile.read.width, tile.read.height)
-        if limit is None or longest <= limit or self.req.whole:
+        if self._fits(tile):
             try:
                 out = self.fn(pixels, tile)
                 self.stats.tiles += 1
                 return out
             except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
-                if not is_out_of_memory(exc):
+                if not self._shrink(tile, exc):
                     raise
-                # Halve, but not below the smallest tile that still makes progress.
-                smaller = max(longest // 2, self.req.smallest_tile + self.req.blend)
-                if self.req.whole or smaller >= longest:
-                    raise
-                self._free()
-                self.stats.splits += 1
-                self.stats.tile_limit = smaller if limit is None else min(limit, smaller)
         # Split: the tile's pixels are an image of their own, tiled with the same requirements.
         sub_plan = plan_tiles(
             tile.read.width, tile.read.height, self.req, tile=self.stats.tile_limit
@@ -419,6 +512,48 @@ class _Runner:
         )
         return sink.result()
 
+    def write_in_place(self, pixels: np.ndarray, tile: Tile, s: int, sink: TileSink) -> int:
+        """The writer's output for one tile straight into the sink's pixels (tiles without
+        blend only); returns its channels, or 0 when the sink lends no view, the tile is above
+        the size an earlier OOM left or runs out of memory now: it then goes through `run`."""
+        writer = self.writer
+        if writer is None or not isinstance(sink, RegionSink) or not self._fits(tile):
+            return 0
+        channels = writer.out_channels(pixels)
+        read, cell = tile.read.scaled(s), tile.cell.scaled(s)
+        view = sink.region(*_xywh(read), channels)
+        if view is None:
+            return 0
+        # The output of the read's margin is inexact near its edge (the operator saw no
+        # context there), and the margin above the cell and left of it holds earlier tiles'
+        # final cells: keep those pixels and put them back. Below and right, later tiles
+        # write their own cells.
+        top, left = cell.y - read.y, cell.x - read.x
+        above = view[:top].copy() if top else None
+        beside = view[top : top + cell.height, :left].copy() if left else None
+        try:
+            writer.write(pixels, tile, view)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
+            if not self._shrink(tile, exc):
+                raise
+            return 0
+        finally:
+            if above is not None:
+                view[:top] = above
+            if beside is not None:
+                view[top : top + cell.height, :left] = beside
+        self.stats.tiles += 1
+        self.stats.in_place += 1
+        return channels
+
+    def finish_rows(self, sink: TileSink, y: int, height: int, width: int, channels: int) -> None:
+        """The writer's `finish` on output rows [y, y + height) of the sink, once final."""
+        finish = None if self.writer is None else self.writer.finish
+        if finish is not None and isinstance(sink, RegionSink):
+            rows = sink.region(0, y, width, height, channels)
+            if rows is not None:
+                finish(rows)
+
     @staticmethod
     def _free() -> None:
         torch = sys.modules.get("torch")
@@ -426,11 +561,22 @@ class _Runner:
             torch.cuda.empty_cache()
 
 
-def _apply(source: RegionSource, fn: TileFn, plan: TilePlan, sink: TileSink) -> None:
+def _apply(
+    source: RegionSource,
+    fn: TileFn,
+    plan: TilePlan,
+    sink: TileSink,
+    runner: _Runner | None = None,
+) -> None:
+    """Tiles of `plan` through fn into sink; with a runner whose fn is a TileWriter, unblended
+    tiles go straight into a RegionSink where it lends a view."""
     s = plan.scale
     out_w = plan.out_width
+    # Without blend there are no bands to carry: a cell is final as the writer leaves it.
+    placer = runner if runner is not None and plan.requirements.blend == 0 else None
     band_cur: np.ndarray | None = None  # previous row's contributions to this row's top band
     for iy, ry in enumerate(plan.rows):
+        in_place = 0  # output channels of this row's tiles written in place (0: none)
         wy = _axis_bands(ry, plan.rows[iy - 1] if iy else None, s)
         last_row = iy == len(plan.rows) - 1
         band_next: np.ndarray | None = None
@@ -438,6 +584,11 @@ def _apply(source: RegionSource, fn: TileFn, plan: TilePlan, sink: TileSink) -> 
         for ix, cx in enumerate(plan.cols):
             tile = plan.tile(iy, ix)
             pixels = source.read_region(*_xywh(tile.read))
+            if placer is not None:
+                written = placer.write_in_place(pixels, tile, s, sink)
+                if written:
+                    in_place = written
+                    continue
             out = fn(pixels, tile)
             expected = (tile.read.height * s, tile.read.width * s)
             if out.ndim != 3 or out.shape[:2] != expected:
@@ -468,6 +619,10 @@ def _apply(source: RegionSource, fn: TileFn, plan: TilePlan, sink: TileSink) -> 
                     band_next = np.zeros((acc.shape[0] - ch, out_w, acc.shape[2]), np.float32)
                 band_next[:, cell.x : cell.x + cw] += acc[ch:, :cw]
         band_cur = band_next
+        if placer is not None and in_place:
+            # This row's cells are final: finish them in one pass over whole output rows.
+            y0, y1 = ry.cell_start * s, ry.cell_end * s
+            placer.finish_rows(sink, y0, y1 - y0, out_w, in_place)
 
 
 def _xywh(r: Region) -> tuple[int, int, int, int]:
@@ -488,14 +643,18 @@ def apply_tiled(
     modify) and returns (h * scale, w * scale, channels). The sink receives each output cell
     once, final, in row-major order. `tile` (else $DAGUERRE_TILE, else req.tile) bounds the
     longest read side. Only the tile in flight and two blend bands (blend *
-    scale rows of the output width) are held in memory.
+    scale rows of the output width) are held in memory. A `TileWriter` fn with req.blend 0
+    writes into a `RegionSink`'s pixels in place (stats.in_place counts those tiles).
     """
+    if isinstance(fn, TileWriter) and fn.scale != req.scale:
+        raise ValueError(f"TileWriter scale {fn.scale} != requirements scale {req.scale}")
     if tile is None and os.environ.get(TILE_ENV):
         # Never so small that context and alignment leave tiles next to no cell.
         tile = max(int(os.environ[TILE_ENV]), 2 * req.smallest_tile + req.blend)
     plan = plan_tiles(source.width, source.height, req, tile)
     stats = TileStats(read_pixels=plan.read_pixels())
-    _apply(source, _Runner(fn, req, stats).run, plan, sink)
+    runner = _Runner(fn, req, stats)
+    _apply(source, runner.run, plan, sink, runner)
     return stats
 
 
