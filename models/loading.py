@@ -8,6 +8,11 @@ unpickler refuses anything but tensors and plain containers. Never a bare `torch
 Our own models are built from the registry's descriptors; bring-your-own weights go through
 spandrel's architecture detection (or ours, for weights trained by `daguerre.models.training`),
 are checked against the task they are meant for, and end up in the same `LoadedModel`.
+
+Colorizers (DDColor) and face models (CodeFormer) come from `spandrel-extra-arches`, whose
+architectures carry restrictive, often non-commercial licences (CodeFormer: S-Lab License 1.0);
+the weights have their own terms (GFPGAN's, CodeFormer's and DDColor's included). Users bring
+those weights themselves, and with them the duty to respect those terms.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import json
 import pickle
 import re
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,15 +39,40 @@ from .arch import Architecture, detect_architecture, get_architecture
 from .inference import estimate_noise_sigma, pick_device
 from .registry import SHIPPED, TASKS, ModelDescriptor, SizeRequirements, get_descriptor
 
+if TYPE_CHECKING:
+    from spandrel import ArchRegistry, ImageModelDescriptor, MaskedImageModelDescriptor
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
-# spandrel purposes that may serve each of our tasks (damage and colorize have none there).
+# spandrel purposes that may serve each of our tasks (damage has none there).
 _SPANDREL_PURPOSES: dict[str, tuple[str, ...]] = {
     "denoise": ("Restoration",),
     "upscale": ("SR",),
     "inpaint": ("Inpainting",),
+    "colorize": ("Restoration",),
     "face": ("FaceSR",),
 }
+# Tasks served only by the spandrel architectures whose calling conventions we have checked
+# (a "Restoration" model is not a colorizer; spandrel's RestoreFormer is left out unverified).
+_SPANDREL_ONLY: dict[str, tuple[str, ...]] = {
+    "colorize": ("DDColor",),
+    "face": ("GFPGAN", "CodeFormer"),
+}
+# ... and those architectures serve nothing else: told apart by id before they are built, so
+# a wrong-task file is refused without building (and initialising) a large model first.
+_SPANDREL_TASK_OF = {arch: task for task, archs in _SPANDREL_ONLY.items() for arch in archs}
+# The spandrel-extra-arches architectures we add to spandrel's own (in a private registry).
+_SPANDREL_EXTRA_ARCHES = ("DDColor", "CodeFormer")
+# Face models (GFPGAN v1.2-1.4, CodeFormer) restore one aligned face crop of exactly this size
+# (their layer shapes are built for it); the face stage reads it off `size_requirements`.
+FACE_SIZE = 512
+# CodeFormer's fidelity weight w: 0 trusts its codebook most, 1 the input face most; 0.5 is the
+# default of its own inference script.
+CODEFORMER_FIDELITY = 0.5
+# DDColor sees the grey image resized to this square and predicts a*b* there (its reference
+# inference script defaults to 512; spandrel's call uses the 256 of training). Only the chroma
+# is sized back: lightness stays the full-resolution input's.
+DDCOLOR_SIZE = 512
 # spandrel architectures that take a noise-level map as an extra last input channel; spandrel
 # itself feeds a fixed 15/255, we feed the caller's (or the estimated) sigma.
 _SPANDREL_NOISE_MAP_ARCHS = ("DRUNet", "DnCNN")
@@ -178,7 +210,11 @@ Forward = Callable[[Tensor, float | None, Tensor | None], Tensor]
 
 
 class LoadedModel:
-    """A ready-to-run model (ours or the user's) and the facts an audit records about it."""
+    """A ready-to-run model (ours or the user's) and the facts an audit records about it.
+
+    `fixed_size` is set for models that work at one square size only (face models:
+    `FACE_SIZE`): `run()` then resizes the image to it and the result back instead of padding.
+    """
 
     def __init__(
         self,
@@ -200,6 +236,7 @@ class LoadedModel:
         device: torch.device,
         needs_mask: bool = False,
         source: str | None = None,
+        fixed_size: int | None = None,
     ) -> None:
         self.module = module
         self._forward = forward
@@ -218,6 +255,7 @@ class LoadedModel:
         self.device = device
         self.needs_mask = needs_mask
         self.source = source
+        self.fixed_size = fixed_size
 
     def __repr__(self) -> str:
         return (
@@ -239,6 +277,8 @@ class LoadedModel:
         inpainting models (True = fill). Grey input on a 3-channel model is replicated and the
         output averaged; colour input on a 1-channel model runs channel by channel.
         Colorizers are the exception: grey or colour in, always (H, W, 3) colour out.
+        Face models take an aligned face crop, normally (FACE_SIZE, FACE_SIZE, C); other sizes
+        are resized to it and back.
         """
         if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
             raise ValueError(f"expected (H, W, C) with C in (1, 3), got shape {pixels.shape}")
@@ -265,15 +305,23 @@ class LoadedModel:
             m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
             m = m.expand(x.shape[0], 1, h, w)
 
-        ph, pw = self.size_requirements.padded(h, w)
-        x = _pad(x, ph - h, pw - w)
-        if m is not None:
-            m = _pad(m, ph - h, pw - w)
-            m = m.to(self.device).contiguous(memory_format=torch.channels_last)
+        fixed = self.fixed_size
+        if fixed is not None:
+            if m is not None:
+                raise ValueError(f"{self.model_id} works at a fixed size and takes no mask")
+            x = _resize(x, fixed, fixed)
+        else:
+            ph, pw = self.size_requirements.padded(h, w)
+            x = _pad(x, ph - h, pw - w)
+            if m is not None:
+                m = _pad(m, ph - h, pw - w)
+                m = m.to(self.device).contiguous(memory_format=torch.channels_last)
         x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             y = self._forward(x, sigma, m)
             s = self.scale
+            if fixed is not None:
+                y = _resize(y.float(), h * s, w * s)
             y = y[..., : h * s, : w * s].float().clamp(0, 1).cpu()
 
         if c == 1 and self.in_channels == 3 and self.task != "colorize":
@@ -290,6 +338,13 @@ def _pad(x: Tensor, ph: int, pw: int) -> Tensor:
     h, w = x.shape[-2:]
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def _resize(x: Tensor, h: int, w: int) -> Tensor:
+    """Antialiased bicubic resize of (N, C, H, W) to (N, C, h, w); a no-op at the same size."""
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
 
 
 def _prepare(module: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -455,6 +510,40 @@ def load_user_model(
     return model
 
 
+@cache
+def _spandrel_registry() -> ArchRegistry:
+    """spandrel's architectures plus `_SPANDREL_EXTRA_ARCHES`, in a private copy built once.
+
+    spandrel's global MAIN_REGISTRY is left untouched (`copy()` is copy-on-write), so nothing
+    else in the process sees architectures it did not ask for.
+    """
+    from spandrel import MAIN_REGISTRY
+
+    registry = MAIN_REGISTRY.copy()
+    try:
+        from spandrel_extra_arches import EXTRA_REGISTRY
+    except ImportError:  # a dependency, but spandrel's own architectures work without it
+        return registry
+    extra = [EXTRA_REGISTRY[a] for a in _SPANDREL_EXTRA_ARCHES if a in EXTRA_REGISTRY]
+    registry.add(*extra, ignore_duplicates=True)  # a user's install() may have added them
+    return registry
+
+
+def _spandrel_arch(state_dict: Mapping[str, Tensor], source: str) -> str:
+    """The id of the spandrel architecture the state dict belongs to (cheap: keys and shapes)."""
+    registry = _spandrel_registry()
+    try:
+        support = next(
+            (s for s in registry.architectures("detection") if s.detect(state_dict)), None
+        )
+    except Exception as exc:  # detectors index into the dict; malformed ones can trip them
+        raise WeightsError(f"{source}: spandrel could not read the state dict: {exc}") from exc
+    if support is None:
+        missing = "" if "DDColor" in registry else " (spandrel-extra-arches is not installed)"
+        raise WeightsError(f"{source}: unknown architecture (not ours, not spandrel's){missing}")
+    return str(support.architecture.id)
+
+
 def _spandrel(
     task: str, state_dict: dict[str, Tensor], *, sha: str, device: torch.device, source: str
 ) -> LoadedModel:
@@ -463,24 +552,36 @@ def _spandrel(
         MaskedImageModelDescriptor,
         ModelLoader,
         ModelTiling,
-        UnsupportedModelError,
     )
 
     purposes = _SPANDREL_PURPOSES.get(task)
     if purposes is None:
         raise WeightsError(f"no bring-your-own architectures are known for task {task!r}")
+    arch = _spandrel_arch(state_dict, source)
+    owner = _SPANDREL_TASK_OF.get(arch)
+    if owner is not None and owner != task:
+        raise WeightsError(f"{source}: {arch} is a {owner} model, not usable for {task}")
+    only = _SPANDREL_ONLY.get(task)
+    if only is not None and arch not in only:
+        raise WeightsError(
+            f"{source}: {arch} weights, but no bring-your-own {task} architecture other than "
+            f"{' and '.join(only)} is supported"
+        )
     try:
-        desc = ModelLoader(device="cpu").load_from_state_dict(state_dict)
-    except UnsupportedModelError as exc:
-        raise WeightsError(f"{source}: unknown architecture (not ours, not spandrel's)") from exc
+        loader = ModelLoader(device="cpu", registry=_spandrel_registry())
+        desc = loader.load_from_state_dict(state_dict)
     except Exception as exc:  # spandrel raises assorted errors on malformed dicts
         raise WeightsError(f"{source}: spandrel could not build the model: {exc}") from exc
-    arch = desc.architecture.id
     if desc.purpose not in purposes:
         raise WeightsError(
             f"{source}: {arch} is a {desc.purpose} model, not usable for {task} "
             f"(expected {' or '.join(purposes)})"
         )
+    assert isinstance(desc, ImageModelDescriptor | MaskedImageModelDescriptor)
+    if task == "colorize":
+        return _spandrel_colorizer(desc, sha=sha, device=device, source=source)
+    if task == "face":
+        return _spandrel_face(desc, sha=sha, device=device, source=source)
     if task == "denoise" and desc.scale != 1:
         raise WeightsError(f"{source}: {arch} changes the size (x{desc.scale}); not a denoiser")
     if task == "upscale" and desc.scale < 2:
@@ -509,7 +610,6 @@ def _spandrel(
             level = torch.full_like(x[:, :1], sigma or 0.0)
             return module(torch.cat([x, level], dim=1))
     else:
-        assert isinstance(desc, ImageModelDescriptor)
 
         def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
             return desc(x)
@@ -538,6 +638,126 @@ def _spandrel(
         device=device,
         needs_mask=isinstance(desc, MaskedImageModelDescriptor),
         source=source,
+    )
+
+
+def _spandrel_colorizer(
+    desc: ImageModelDescriptor | MaskedImageModelDescriptor,
+    *,
+    sha: str,
+    device: torch.device,
+    source: str,
+) -> LoadedModel:
+    """DDColor as a colorizer: (N, 3, H, W) sRGB [0, 1] (grey or not) -> sRGB with the input's
+    CIELAB lightness and DDColor's a*b*.
+
+    As in DDColor's reference inference: the image's lightness, resized to DDCOLOR_SIZE
+    squared (the reference resizes the image first) and turned into grey sRGB, goes in (the
+    model applies its ImageNet mean/std itself); a*b* in CIELAB units come out, are sized back
+    bilinearly and put on the full-size lightness, pulled into the sRGB gamut by chroma.
+    spandrel's own call differs (gamma-2.2 colour maths, 256 px, one grey channel only).
+    """
+    from .arch.colorize import lab_to_rgb, lab_to_rgb_in_gamut, rgb_to_lab
+
+    channels = getattr(desc.model, "num_output_channels", None)
+    if channels != 2:
+        raise WeightsError(f"{source}: a DDColor predicting {channels} channels, not a*b* (2)")
+    module = _prepare(desc.model, device, channels_last=False)
+    size = DDCOLOR_SIZE
+    # DDColor hands encoder features to its decoder through hooks stored on the module: one
+    # loaded model must not run in two threads at once (Prefect runs tasks in threads).
+    lock = threading.Lock()
+
+    def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+        with lock:
+            return _ddcolor_forward(x)
+
+    def _ddcolor_forward(x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        lightness = rgb_to_lab(x)[:, :1]
+        small = _resize(lightness, size, size).clamp(0.0, 100.0)
+        no_chroma = torch.zeros_like(small).expand(-1, 2, -1, -1)
+        grey = lab_to_rgb(torch.cat([small, no_chroma], dim=1)).mean(dim=1, keepdim=True)
+        ab = module(grey.clamp(0.0, 1.0).expand(-1, 3, -1, -1).contiguous()).float()
+        ab = F.interpolate(ab, size=(h, w), mode="bilinear", align_corners=False)
+        return lab_to_rgb_in_gamut(torch.cat([lightness, ab], dim=1))
+
+    return LoadedModel(
+        module=module,
+        forward=forward,
+        model_id="user:DDColor",
+        task="colorize",
+        architecture="DDColor",
+        version="user",
+        scale=1,
+        # presented like our own colorizer: RGB in (grey replicated by run()), RGB out
+        in_channels=3,
+        out_channels=3,
+        weights_sha256=sha,
+        size_requirements=SizeRequirements(),
+        tiling="internal",  # the whole view at once: colour needs the whole scene
+        receptive_overlap=0,
+        takes_noise_level=False,
+        device=device,
+        source=source,
+    )
+
+
+def _spandrel_face(
+    desc: ImageModelDescriptor | MaskedImageModelDescriptor,
+    *,
+    sha: str,
+    device: torch.device,
+    source: str,
+) -> LoadedModel:
+    """GFPGAN or CodeFormer on one aligned (N, 3, FACE_SIZE, FACE_SIZE) crop in [0, 1].
+
+    spandrel's call passes [0, 1] through unchanged, but both networks work in [-1, 1] (their
+    own inference normalises with mean = std = 0.5 and maps the output back), so the forward
+    does that. GFPGAN uses the noise maps stored with its weights instead of fresh noise (its
+    own inference draws new noise each call), so a face restores the same way every time.
+    """
+    arch = str(desc.architecture.id)
+    req = desc.size_requirements
+    if (desc.scale, desc.input_channels, desc.output_channels) != (1, 3, 3) or max(
+        req.minimum, req.multiple_of
+    ) != FACE_SIZE:
+        raise WeightsError(
+            f"{source}: a {arch} with scale {desc.scale}, {desc.input_channels}->"
+            f"{desc.output_channels} channels and size {req}; only x1 RGB {FACE_SIZE} px "
+            "face models are supported"
+        )
+    module = _prepare(desc.model, device, channels_last=False)
+    options: dict[str, Any] = (
+        {"weight": CODEFORMER_FIDELITY}
+        if arch == "CodeFormer"
+        else {"return_rgb": False, "randomize_noise": False}
+    )
+
+    def forward(x: Tensor, sigma: float | None, mask: Tensor | None) -> Tensor:
+        # contiguous: GFPGAN `.view`s its features, which channels_last input would break
+        restored = module(x.contiguous() * 2.0 - 1.0, **options)[0]
+        return (restored + 1.0) / 2.0
+
+    return LoadedModel(
+        module=module,
+        forward=forward,
+        model_id=f"user:{arch}",
+        task="face",
+        architecture=arch,
+        version="user",
+        scale=1,
+        in_channels=3,
+        out_channels=3,
+        weights_sha256=sha,
+        # the working size, read by the face stage; run() resizes other sizes to it
+        size_requirements=SizeRequirements(FACE_SIZE, FACE_SIZE),
+        tiling="internal",
+        receptive_overlap=0,
+        takes_noise_level=False,
+        device=device,
+        source=source,
+        fixed_size=FACE_SIZE,
     )
 
 
