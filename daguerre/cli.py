@@ -76,9 +76,8 @@ def _redact(url: str) -> str:
 
 
 def _parse_models(specs: list[str]) -> dict[str, str]:
-    from daguerre.records import PIXEL_STAGES
+    from daguerre.policy import MODEL_TASKS as tasks
 
-    tasks = (*PIXEL_STAGES, "damage")
     models: dict[str, str] = {}
     for spec in specs:
         task, sep, source = spec.partition("=")
@@ -116,25 +115,41 @@ def restore(
             "to use the classical algorithm. Repeatable."
         ),
     ] = None,
-    access_format: Annotated[str, typer.Option(help="jpeg, webp or none.")] = "jpeg",
-    access_long_edge: Annotated[int, typer.Option(help="Long edge of access copies.")] = 2048,
+    access_format: Annotated[
+        str | None, typer.Option(help="jpeg, webp or none (default: jpeg).")
+    ] = None,
+    access_long_edge: Annotated[
+        int | None, typer.Option(help="Long edge of access copies (default: 2048).")
+    ] = None,
     pyramid: Annotated[
-        bool, typer.Option(help="Pyramidal preservation TIFF (for IIIF image servers).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--pyramid/--no-pyramid",
+            help="Pyramidal preservation TIFF (for IIIF image servers; default: no).",
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="The collection's policy file (path or s3:// URI; default: daguerre.toml at "
+            "SOURCE's root, if any), or 'none' to ignore it. Options given here override it."
+        ),
+    ] = None,
 ) -> None:
     """Restore every image under SOURCE into DEST and record each edit in the catalog."""
     from daguerre.config import parse_steps
+    from daguerre.policy import merged_options
     from daguerre.storage import StorageError, is_inside, open_storage
 
     try:
-        step_list = parse_steps(steps)
+        step_list = None if steps is None else list(parse_steps(steps))
     except ValueError as exc:
         usage_error(str(exc))
     if scale is not None and scale not in (1, 2, 4):
         usage_error("--scale must be 1, 2 or 4")
     if device not in ("auto", "cpu", "cuda"):
         usage_error("--device must be auto, cpu or cuda")
-    if access_format not in ("jpeg", "webp", "none"):
+    if access_format not in (None, "jpeg", "webp", "none"):
         usage_error("--access-format must be jpeg, webp or none")
     models = _parse_models(model or [])
     if device == "cuda":
@@ -152,8 +167,20 @@ def restore(
             usage_error(f"SOURCE {source_storage.uri} is inside DEST {dest_storage.uri}")
         source_storage.check()
         dest_storage.ensure_exists()
+        collection_policy = _collection_policy(policy, source_storage)
     except StorageError as exc:
         usage_error(str(exc))
+    given = {
+        "collection": collection,
+        "steps": step_list,
+        "scale": scale,
+        "access_format": access_format,
+        "access_long_edge": access_long_edge,
+        "pyramid": pyramid,
+    }
+    options = merged_options(collection_policy, given, models)
+    if collection_policy is not None:
+        console.print(f"Policy: {collection_policy.uri}", highlight=False)
 
     catalog_url = _catalog_url(catalog)
     _open_catalog(catalog_url, upgrade=True)
@@ -165,20 +192,35 @@ def restore(
             source=source_storage.uri,
             dest=dest_storage.uri,
             catalog_url=catalog_url,
-            collection=collection,
-            steps=list(step_list),
-            scale=scale,
             device=device,
-            models=models,
-            access_format=access_format,
-            access_long_edge=access_long_edge,
-            pyramid=pyramid,
+            policy=collection_policy.reference() if collection_policy else None,
+            **options,
         )
     except Exception as exc:
         err_console.print(f"daguerre: the run failed: {type(exc).__name__}: {exc}", markup=False)
         raise typer.Exit(1) from None
     _print_report(report)
     raise typer.Exit(1 if report.failed else 0)
+
+
+def _collection_policy(option: str | None, source: Any) -> Any:
+    """The policy to apply: the file named by --policy, else SOURCE's own, else None.
+
+    Exits with a usage error when the policy cannot be read or is invalid.
+    """
+    from daguerre.policy import POLICY_FILE, PolicyError, parse_policy
+    from daguerre.storage import read_uri
+
+    if option is not None and option.strip().lower() == "none":
+        return None
+    try:
+        if option is not None:
+            return parse_policy(read_uri(option), option)
+        if not source.exists(POLICY_FILE):
+            return None
+        return parse_policy(source.read_bytes(POLICY_FILE), f"{source.uri}/{POLICY_FILE}")
+    except PolicyError as exc:
+        usage_error(f"invalid policy {exc}")
 
 
 def _print_report(report: Any) -> None:

@@ -58,6 +58,9 @@ class RestoreConfig(BaseModel):
     access_long_edge: int = 2048
     max_pixels: int = 500_000_000
     models: dict[str, str] = Field(default_factory=dict)  # task -> "PATH_OR_S3_URI[#sha256=HEX]"
+    # The collection policy applied (its URI and sha256), recorded with the run; its settings
+    # are already in the fields above.
+    policy: dict[str, str] | None = None
     max_parallel_images: int = 4
 
     @field_validator("steps")

@@ -894,6 +894,22 @@ def open_storage(uri: str, *, read_only: bool = False) -> Storage:
     return LocalStorage(_local_path_from_uri(uri), read_only=read_only)
 
 
+def read_uri(uri: str) -> bytes:
+    """The bytes of one object: a local path, ``file://`` or ``s3://bucket/key`` URI.
+
+    Raises StorageError (ObjectNotFound when it does not exist). Other schemes are refused:
+    nothing is fetched from the network but the configured S3 endpoint.
+    """
+    uri = uri.strip()
+    if uri.startswith("s3://"):
+        parent, _, key = uri.rstrip("/").rpartition("/")
+        if not key or parent in ("s3:", "s3:/"):
+            raise StorageError(f"{uri}: expected s3://BUCKET/[PREFIX/]KEY")
+        return open_storage(parent, read_only=True).read_bytes(key)
+    path = _local_path_from_uri(uri)
+    return open_storage(str(path.parent), read_only=True).read_bytes(path.name)
+
+
 def is_inside(inner_uri: str, outer_uri: str) -> bool:
     """True when ``inner_uri`` equals or lies under ``outer_uri`` (e.g. DEST inside SOURCE).
 

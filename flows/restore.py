@@ -99,6 +99,7 @@ def restore_collection(
     access_long_edge: int = 2048,
     pyramid: bool = False,
     upscale_below_long_edge: int = 512,
+    policy: dict[str, str] | None = None,
 ) -> RunReport:
     """Restore every image under SOURCE into DEST and record what was done in the catalog."""
     fields: dict[str, Any] = {
@@ -112,6 +113,7 @@ def restore_collection(
         "access_long_edge": access_long_edge,
         "pyramid": pyramid,
         "upscale_below_long_edge": upscale_below_long_edge,
+        "policy": policy,
     }
     if catalog_url:
         fields["catalog_url"] = catalog_url

@@ -79,6 +79,12 @@ _SPANDREL_NOISE_MAP_ARCHS = ("DRUNet", "DnCNN")
 # Pure convolutional spandrel architectures, safe (and faster on CPU) in channels_last; others
 # (transformers) may `.view` their activations, which needs contiguous NCHW.
 _SPANDREL_CHANNELS_LAST = ("DnCNN", "Compact", "ESRGAN", "DRUNet")
+# Tiling policy (tiling, context px) where spandrel's is not ours. LaMa keeps spandrel's default
+# SUPPORTED, but its Fourier convolutions see the whole input, so no context makes a tile's fill
+# equal the untiled one: tiles are as large as the tiler allows ("discouraged": twice the usual
+# side, still split on out-of-memory) and a hole gets 256 px of surroundings beyond its tile
+# (LaMa's training crop). Not "internal": a whole scan at once needs tens of GB.
+_SPANDREL_TILING: dict[str, tuple[str, int]] = {"LaMa": ("discouraged", 256)}
 
 
 class WeightsError(ValueError):
@@ -446,23 +452,11 @@ def _ours(
 
 def _read_source(source: str) -> bytes:
     """Bytes of a local path, file:// or s3:// URI. Other schemes are refused (no network)."""
-    if source.startswith("s3://"):
-        parent, _, key = source.rstrip("/").rpartition("/")
-        if not key or parent in ("s3:", "s3:/"):
-            raise WeightsError(f"{source}: expected s3://BUCKET/PREFIX/FILE")
-        from daguerre.storage import open_storage
+    from daguerre.storage import StorageError, read_uri
 
-        try:
-            return open_storage(parent, read_only=True).read_bytes(key)
-        except Exception as exc:
-            raise WeightsError(f"cannot read weights {source}: {exc}") from exc
-    if source.startswith("file://"):
-        source = source[len("file://") :]
-    elif "://" in source:
-        raise WeightsError(f"{source}: only local paths, file:// and s3:// are supported")
     try:
-        return Path(source).expanduser().read_bytes()
-    except OSError as exc:
+        return read_uri(source)
+    except StorageError as exc:
         raise WeightsError(f"cannot read weights {source}: {exc}") from exc
 
 
@@ -619,6 +613,8 @@ def _spandrel(
         ModelTiling.DISCOURAGED: "discouraged",
         ModelTiling.INTERNAL: "internal",
     }[desc.tiling]
+    # spandrel does not know receptive fields; 32 px of context is the usual tiler default.
+    tiling, context = _SPANDREL_TILING.get(arch, (tiling, 32))
     return LoadedModel(
         module=module,
         forward=forward,
@@ -632,8 +628,7 @@ def _spandrel(
         weights_sha256=sha,
         size_requirements=SizeRequirements(req.minimum, req.multiple_of),
         tiling=tiling,
-        # spandrel does not know receptive fields; 32 px of context is the usual tiler default.
-        receptive_overlap=32,
+        receptive_overlap=context,
         takes_noise_level=noise_map,
         device=device,
         needs_mask=isinstance(desc, MaskedImageModelDescriptor),

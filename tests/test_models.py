@@ -370,7 +370,7 @@ def test_byo_task_scale_and_unknown_checks(tmp_path) -> None:
     save_file({"foo.weight": torch.zeros(3, 3)}, str(tmp_path / "odd.safetensors"))
     with pytest.raises(WeightsError, match="unknown architecture"):
         load_user_model("denoise", str(tmp_path / "odd.safetensors"), None, "cpu")
-    with pytest.raises(WeightsError, match="only local paths"):
+    with pytest.raises(WeightsError, match="unsupported storage URI scheme"):
         load_user_model("denoise", "https://example.com/x.pth", None, "cpu")
 
 
