@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from daguerre.imaging.detect import Detection
 from daguerre.imaging.plan import PlanOptions, plan_restoration
 from daguerre.imaging.tiling import ArraySink, ArraySource
 from daguerre.models.loading import LoadedModel
@@ -24,6 +23,7 @@ from daguerre.operators import (
 )
 from daguerre.provenance_metadata import FACE_NOTICE, Provenance
 from daguerre.records import StepFacts, StepStatus
+from tests.test_plan import _det
 
 
 class _Invert(nn.Module):
@@ -127,35 +127,17 @@ def test_face_restore_on_grey_images() -> None:
     np.testing.assert_allclose(out.pixels[60:70, 70:80], 1.0 - img[60:70, 70:80], atol=1e-5)
 
 
-def _detection(faces: list[tuple[int, int, int, int]]) -> Detection:
-    return Detection(
-        colour_kind="colour",
-        mean_chroma=10.0,
-        hue_deg=None,
-        noise_sigma=0.5,
-        sharpness=100.0,
-        contrast=0.9,
-        width=800,
-        height=600,
-        ppi=None,
-        damage_coverage=0.0,
-        faces=faces,
-        bit_depth=8,
-        damage_mask=None,
-    )
-
-
 def test_plan_runs_faces_only_with_faces_and_a_model() -> None:
     with_model = PlanOptions(face_model_available=True)
-    none_found = plan_restoration(_detection([]), with_model)["face"]
+    none_found = plan_restoration(_det(faces=[]), with_model)["face"]
     assert not none_found.run and none_found.reason == "no faces detected"
-    no_model = plan_restoration(_detection([(1, 2, 30, 30)]), PlanOptions())["face"]
+    no_model = plan_restoration(_det(faces=[(1, 2, 30, 30)]), PlanOptions())["face"]
     assert not no_model.run and "no face model configured" in no_model.reason
-    run = plan_restoration(_detection([(1, 2, 30, 30), (100, 100, 40, 40)]), with_model)["face"]
+    run = plan_restoration(_det(faces=[(1, 2, 30, 30), (100, 100, 40, 40)]), with_model)["face"]
     assert run.run and run.reason == "2 faces detected"
     assert run.params == {"faces": [[1, 2, 30, 30], [100, 100, 40, 40]]}
     off = PlanOptions(steps=frozenset({"denoise"}), face_model_available=True)
-    assert plan_restoration(_detection([(1, 2, 30, 30)]), off)["face"].reason == "stage not enabled"
+    assert plan_restoration(_det(faces=[(1, 2, 30, 30)]), off)["face"].reason == "stage not enabled"
 
 
 def test_a_face_step_is_announced_in_the_derivative_metadata() -> None:
