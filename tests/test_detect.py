@@ -276,6 +276,16 @@ def test_detect_faces_finds_the_astronaut():
     assert detect_faces(_smooth()[:, :, None]) == []
 
 
+def test_proposed_faces_must_be_confirmed():
+    from daguerre.imaging.detect import _confirmed
+
+    grey = cv2.equalizeHist(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY))
+    assert _confirmed(grey, (177, 67, 93, 93))  # her face
+    assert not _confirmed(grey, (300, 300, 93, 93))  # her suit
+    rocks = cv2.equalizeHist(data.coins())  # round, shaded shapes: no eyes, no face
+    assert not _confirmed(rocks, (20, 20, 80, 80))
+
+
 # ----------------------------------------------------------------------------- together
 
 
