@@ -135,6 +135,15 @@ def restore(
             "SOURCE's root, if any), or 'none' to ignore it. Options given here override it."
         ),
     ] = None,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            "--rehash",
+            help="Read and hash every master again, even those whose size and version (local: "
+            "inode, mtime, ctime; S3: ETag, LastModified) show them unchanged since they were "
+            "inspected: a fixity check.",
+        ),
+    ] = False,
 ) -> None:
     """Restore every image under SOURCE into DEST and record each edit in the catalog."""
     from daguerre.config import parse_steps
@@ -194,6 +203,7 @@ def restore(
             catalog_url=catalog_url,
             device=device,
             policy=collection_policy.reference() if collection_policy else None,
+            rehash=rehash,
             **options,
         )
     except Exception as exc:

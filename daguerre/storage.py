@@ -5,6 +5,10 @@ empty, absolute, or contain "", "." or ".." segments, so nothing can escape the 
 skip every key with a segment starting with "." (our work areas live in ``.daguerre/``), but such
 keys can still be read, written and deleted directly.
 
+Listings carry a version token per object (:attr:`ObjectInfo.version`), taken from the listing
+itself at no extra cost, that changes whenever the object's content can have changed; callers
+use it to avoid reading unchanged objects again.
+
 Writes are atomic: a reader sees either the old object or the complete new one, never a partial
 one. Read-only storages (masters) refuse every write and delete with :class:`StorageError`.
 
@@ -23,10 +27,12 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,6 +47,10 @@ CHUNK_SIZE = 1024 * 1024  # 1 MiB: streaming unit for hashing and copies
 CONNECT_TIMEOUT_S = 5.0  # an unreachable endpoint must fail in seconds, not minutes
 READ_TIMEOUT_S = 120.0
 PROBE_TIMEOUT_S = 3.0  # TCP probe used by S3Storage.check()
+# A local file changed less than this long before it was listed gets no version token: a write
+# within the same tick of a coarse file clock (a few ms on Linux, 2 s on FAT) could still
+# follow unseen and leave the token as it is.
+VERSION_SETTLE_NS = 2_000_000_000
 
 
 class StorageError(Exception):
@@ -53,10 +63,27 @@ class ObjectNotFound(StorageError):  # noqa: N818 - reads better at call sites t
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: ``key`` is a POSIX path relative to the storage root."""
+    """One stored object: ``key`` is a POSIX path relative to the storage root.
+
+    ``version`` is an opaque token from the listing that changes whenever the content can have
+    changed (with ``size``, it fingerprints the object); None when the listing cannot vouch for
+    one. Tokens compare only with tokens of the same storage kind. Equality and hashing ignore
+    it: an ObjectInfo is still the object (key, size).
+
+    - Local files: ``file:ino=I,mtime=M,ctime=C`` (inode and nanosecond times). Every write
+      moves mtime and ctime; ctime also moves when mtime is set back (``touch -d``, ``cp -p``,
+      ``rsync -t`` over an existing file) and cannot be set by users; the inode tells a file
+      renamed over another apart. None for a file changed within ``VERSION_SETTLE_NS`` of the
+      listing (or with a time in the future).
+    - S3: ``s3:etag=E,modified=T`` (ETag and LastModified of ListObjectsV2). The ETag follows
+      the content (an MD5 for single-part uploads, per upload otherwise); LastModified moves
+      with every PUT, which covers servers whose ETags are not content hashes. None when the
+      listing has no ETag.
+    """
 
     key: str
     size: int
+    version: str | None = field(default=None, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,6 +101,27 @@ def sha256_stream(fileobj: BinaryIO) -> tuple[str, int]:
         digest.update(chunk)
         total += len(chunk)
     return digest.hexdigest(), total
+
+
+def _file_version(st: os.stat_result, listed_at_ns: int) -> str | None:
+    """The version token of a local file (see ObjectInfo), None while it has not settled."""
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    if listed_at_ns - changed < VERSION_SETTLE_NS:
+        return None
+    return f"file:ino={st.st_ino},mtime={st.st_mtime_ns},ctime={st.st_ctime_ns}"
+
+
+def _s3_version(obj: dict[str, Any]) -> str | None:
+    """The version token of an S3 listing entry (see ObjectInfo), None without an ETag."""
+    etag = obj.get("ETag")
+    if not etag:
+        return None
+    modified = obj.get("LastModified")
+    if isinstance(modified, datetime):
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=UTC)
+        modified = modified.astimezone(UTC).isoformat()
+    return f"s3:etag={etag},modified={modified or ''}"
 
 
 def _check_key(key: str) -> str:
@@ -268,9 +316,14 @@ class LocalStorage(Storage):
                 self.check()
             return
         real_root = self.root.resolve()
-        yield from self._walk(start, prefix, real_root)
+        # The start of the listing, not each stat's moment: a file changed during a long
+        # listing only looks fresher, never older, than it is.
+        listed_at_ns = time.time_ns()
+        yield from self._walk(start, prefix, real_root, listed_at_ns)
 
-    def _walk(self, directory: Path, key_prefix: str, real_root: Path) -> Iterator[ObjectInfo]:
+    def _walk(
+        self, directory: Path, key_prefix: str, real_root: Path, listed_at_ns: int
+    ) -> Iterator[ObjectInfo]:
         """Depth-first walk yielding keys in lexicographic order.
 
         Sorting entries by name, with "/" appended to directories, yields global key order:
@@ -299,7 +352,7 @@ class LocalStorage(Storage):
             key = key_prefix + entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    yield from self._walk(Path(entry.path), key + "/", real_root)
+                    yield from self._walk(Path(entry.path), key + "/", real_root, listed_at_ns)
                     continue
                 if entry.is_symlink():
                     target = Path(entry.path).resolve()
@@ -315,7 +368,7 @@ class LocalStorage(Storage):
                 log.warning("skipping unreadable entry %s: %s", entry.path, exc)
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield ObjectInfo(key=key, size=st.st_size)
+                yield ObjectInfo(key=key, size=st.st_size, version=_file_version(st, listed_at_ns))
 
     # -- reading
 
@@ -664,7 +717,9 @@ class S3Storage(Storage):
             except StorageError:
                 log.warning("skipping S3 key that is not a clean relative path: %r", obj["Key"])
                 continue
-            items.append(ObjectInfo(key=key, size=int(obj.get("Size", 0))))
+            items.append(
+                ObjectInfo(key=key, size=int(obj.get("Size", 0)), version=_s3_version(obj))
+            )
         items.sort(key=lambda info: info.key)
         yield from items
 

@@ -1,8 +1,12 @@
 """The restore flow: wires the tasks, nothing else.
 
-SOURCE (folder or s3:// prefix) -> inspect + hash every master -> skip what this configuration
-already restored -> detect -> denoise -> inpaint -> tone -> upscale -> colorize -> store ->
-record, each a Prefect task. An image is an asset: a single-page file, or one page of a
+SOURCE (folder or s3:// prefix) -> inspect + hash every master that changed since it was last
+inspected -> skip what this configuration already restored -> detect -> denoise -> inpaint ->
+tone -> upscale -> colorize -> store -> record, each a Prefect task. A master whose listing
+shows the size and version token (local: inode, mtime and ctime; S3: ETag and LastModified)
+it had when it was inspected is not read again: its facts come from the catalog. `rehash`
+inspects every master anyway (a fixity check: content that changed under an unchanged
+fingerprint is reported). An image is an asset: a single-page file, or one page of a
 multi-page TIFF (each page is restored, recorded and skipped on rerun on its own, and counts
 as one image in the run summary). Images are processed in batches so a huge collection never
 has more than a bounded number of task runs in flight.
@@ -36,11 +40,14 @@ from daguerre.tasks.catalog import (
     record_restoration,
 )
 from daguerre.tasks.stages import (
+    InspectedMaster,
     clean_work_area,
     detect_stage,
     inspect_master,
     list_masters,
     pixel_stage,
+    recall_masters,
+    remember_masters,
     store_stage,
 )
 from daguerre.version import code_version
@@ -63,6 +70,11 @@ class RunReport(BaseModel):
     catalog_url: str
     config_hash: str
     images: list[ImageReport]
+    masters: int = 0  # files listed under SOURCE
+    masters_reused: int = 0  # not read: their fingerprint showed them unchanged
+    masters_inspected: int = 0  # read and hashed
+    # Keys whose content changed while their size and version token did not.
+    fixity_mismatches: list[str] = []
 
     @property
     def failed(self) -> list[ImageReport]:
@@ -100,8 +112,14 @@ def restore_collection(
     pyramid: bool = False,
     upscale_below_long_edge: int = 512,
     policy: dict[str, str] | None = None,
+    rehash: bool = False,
 ) -> RunReport:
-    """Restore every image under SOURCE into DEST and record what was done in the catalog."""
+    """Restore every image under SOURCE into DEST and record what was done in the catalog.
+
+    Masters unchanged since they were inspected (same fingerprint) are not read; `rehash`
+    reads and hashes every master (recorded in the run's configuration, not in its hash: it
+    does not change what is written).
+    """
     fields: dict[str, Any] = {
         "source": source,
         "dest": dest,
@@ -132,17 +150,28 @@ def restore_collection(
         cfg.source,
         flow_run_id,
         code_version(),
-        {**cfg.model_dump(mode="json"), "operators": identities},
+        {**cfg.model_dump(mode="json"), "operators": identities, "rehash": rehash},
         config_hash,
     )
     logger.info("run %s, configuration %s", run.run_id, config_hash[:12])
 
-    keys = list_masters(cfg.source)
+    listed = list_masters(cfg.source)
     reports: list[ImageReport] = []
-    for first in range(0, len(keys), BATCH_SIZE):
-        batch = keys[first : first + BATCH_SIZE]
-        inspected = [inspect_master.submit(cfg.source, key) for key in batch]
-        assets = [facts for future in inspected for facts in future.result()]
+    reused = 0
+    mismatches: list[str] = []
+    for first in range(0, len(listed), BATCH_SIZE):
+        batch = listed[first : first + BATCH_SIZE]
+        known: dict[str, list[AssetFacts]] = {}
+        if not rehash and any(m.version is not None for m in batch):
+            known = recall_masters(cfg.catalog_url, cfg.source, batch)
+        futures = {
+            m.key: inspect_master.submit(cfg.source, m.key) for m in batch if m.key not in known
+        }
+        found = {key: future.result() for key, future in futures.items()}
+        reused += len(known)
+        assets = [
+            facts for m in batch for facts in (known[m.key] if m.key in known else found[m.key])
+        ]
         # A multi-page file fans out into its pages: batch those too, to stay bounded.
         for start in range(0, len(assets), BATCH_SIZE):
             jobs = [
@@ -150,10 +179,33 @@ def restore_collection(
                 for facts in assets[start : start + BATCH_SIZE]
             ]
             reports.extend(_finish(cfg, run.run_id, job, config_hash) for job in jobs)
+        # After admission registered their assets: a fingerprint is only useful with them.
+        fresh = [InspectedMaster(listed=m, assets=found[m.key]) for m in batch if m.key in found]
+        if any(item.listed.version is not None for item in fresh):
+            mismatches += remember_masters(cfg.catalog_url, cfg.source, fresh)
 
+    inspected = len(listed) - reused
+    logger.info(
+        "masters: %d listed, %d unchanged since inspected (fingerprint reused, not read), "
+        "%d inspected%s",
+        len(listed),
+        reused,
+        inspected,
+        " (--rehash)" if rehash else "",
+    )
+    for key in mismatches:
+        logger.warning("fixity: %s changed content while its size and version stayed the same", key)
     counts = {s.value: sum(r.status == s for r in reports) for s in RestorationStatus}
     status = "failed" if counts["failed"] else "succeeded"
-    close_run(cfg.catalog_url, run.run_id, status, {"images": len(reports), **counts})
+    summary = {
+        "images": len(reports),
+        **counts,
+        "masters": len(listed),
+        "fingerprints_reused": reused,
+        "masters_inspected": inspected,
+        "fixity_mismatches": mismatches,
+    }
+    close_run(cfg.catalog_url, run.run_id, status, summary)
     logger.info("run %s %s: %s", run.run_id, status, counts)
     return RunReport(
         run_id=run.run_id,
@@ -162,6 +214,10 @@ def restore_collection(
         catalog_url=cfg.catalog_url,
         config_hash=config_hash,
         images=reports,
+        masters=len(listed),
+        masters_reused=reused,
+        masters_inspected=inspected,
+        fixity_mismatches=mismatches,
     )
 
 

@@ -21,8 +21,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from daguerre import __version__
+from daguerre.catalog import Fingerprint
 from daguerre.config import RestoreConfig
 from daguerre.imaging import io as imgio
+from daguerre.imaging.detect import FACE_DETECTOR
 from daguerre.imaging.large import (
     TiffSink,
     access_pixels,
@@ -51,6 +53,7 @@ from daguerre.provenance_metadata import (
     usable_description,
 )
 from daguerre.records import AssetFacts, DerivativeFacts, ImageRef, StepFacts, StepStatus
+from daguerre.tasks.catalog import catalog_for
 from daguerre.tasks.io import (
     SCRATCH_ENV,
     asset_work_prefix,
@@ -92,6 +95,10 @@ IMAGE_EXTENSIONS = frozenset(
     ]
 )
 DETECT_OPERATOR = "daguerre.detect"
+# Who made a master's facts: fingerprints record it, and facts made by another inspector are
+# not reused. Bump it whenever `inspect_master` would find other facts (pages kept, fields,
+# values) for the same bytes, or reruns keep serving the old ones until `--rehash`.
+INSPECTOR = "daguerre.inspect/1"
 
 
 class DetectOutcome(BaseModel):
@@ -132,10 +139,89 @@ def _is_image_name(key: str) -> bool:
     return posixpath.splitext(key)[1].lower() in IMAGE_EXTENSIONS
 
 
+class ListedMaster(BaseModel):
+    """A candidate master as the listing showed it: its key, size and version token (see
+    `daguerre.storage.ObjectInfo`; None when the storage cannot vouch for one)."""
+
+    key: str
+    bytes: int
+    version: str | None = None
+
+
+class InspectedMaster(BaseModel):
+    """A listed master and what `inspect_master` found in it."""
+
+    listed: ListedMaster
+    assets: list[AssetFacts]
+
+
 @task(name="list-masters", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def list_masters(source: str) -> list[str]:
-    """Keys of every candidate master under SOURCE (hidden folders excluded), sorted."""
-    return [obj.key for obj in source_storage(source).list()]
+def list_masters(source: str) -> list[ListedMaster]:
+    """Every candidate master under SOURCE (hidden folders excluded), sorted by key."""
+    return [
+        ListedMaster(key=obj.key, bytes=obj.size, version=obj.version)
+        for obj in source_storage(source).list()
+    ]
+
+
+@task(name="recall-masters", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def recall_masters(
+    catalog_url: str, source: str, listed: list[ListedMaster]
+) -> dict[str, list[AssetFacts]]:
+    """The facts of the listed masters whose fingerprint shows them unchanged since they were
+    inspected, by key (see `Catalog.recall_masters`): these need not be read again. One
+    catalog transaction for the whole batch; masters without a version token are never known.
+    """
+    storage = source_storage(source)
+    uris = {m.key: storage.uri_for(m.key) for m in listed if m.version is not None}
+    if not uris:
+        return {}
+    found = catalog_for(catalog_url).recall_masters(
+        [(uris[m.key], m.bytes, m.version) for m in listed if m.key in uris], INSPECTOR
+    )
+    return {
+        key: [
+            # Registered under another collection's root, perhaps: this listing's key rules.
+            facts.model_copy(update={"relative_path": page_path(key, facts.page)})
+            for facts in found[uri]
+        ]
+        for key, uri in uris.items()
+        if uri in found
+    }
+
+
+@task(name="remember-masters", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def remember_masters(catalog_url: str, source: str, inspected: list[InspectedMaster]) -> list[str]:
+    """Record the fingerprints of freshly inspected masters (one catalog transaction).
+
+    A master is fingerprinted with its listing's size and version only when inspection read
+    that many bytes: otherwise it changed in between, and the version does not describe what
+    was hashed. Masters without a version token are skipped. Returns the keys whose content
+    changed while their size and version did not (see `Catalog.record_fingerprints`).
+    """
+    storage = source_storage(source)
+    fingerprints: dict[str, str] = {}
+    records = []
+    for item in inspected:
+        listed, assets = item.listed, item.assets
+        if listed.version is None or any(a.bytes != listed.bytes for a in assets):
+            continue
+        uri = storage.uri_for(listed.key)
+        fingerprints[uri] = listed.key
+        records.append(
+            Fingerprint(
+                source_uri=uri,
+                bytes=listed.bytes,
+                version=listed.version,
+                sha256=assets[0].sha256 if assets else None,
+                pages=[a.page for a in assets],
+                inspector=INSPECTOR,
+            )
+        )
+    if not records:
+        return []
+    changed = catalog_for(catalog_url).record_fingerprints(records)
+    return [fingerprints[uri] for uri in changed]
 
 
 @contextlib.contextmanager
@@ -314,7 +400,7 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
         parameters={
             "damage": f"{detector.id}@{detector.version}, tiled at full resolution",
             "statistics": "downscaled view",
-            "faces": "opencv haar frontalface",
+            "faces": FACE_DETECTOR,
         },
         device=detector.device,
         duration_s=round(time.perf_counter() - t0, 4),

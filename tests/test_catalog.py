@@ -20,8 +20,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, func, select, text
 
-from daguerre.catalog import Catalog, MatchKind
-from daguerre.catalog.schema import Base, Derivative, Restoration, RestorationDerivative, Step
+from daguerre.catalog import Catalog, Fingerprint, MatchKind, db
+from daguerre.catalog.schema import (
+    Base,
+    Derivative,
+    MasterFingerprint,
+    Restoration,
+    RestorationDerivative,
+    Step,
+)
 from daguerre.records import (
     AssetFacts,
     DerivativeFacts,
@@ -153,7 +160,7 @@ def test_migrations_match_orm_schema(catalog_url: str) -> None:
     assert catalog.revision() is None
     catalog.upgrade()
     catalog.upgrade()  # a second upgrade is a no-op
-    assert catalog.revision() == "0002"
+    assert catalog.revision() == "0003"
     with catalog.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
@@ -392,3 +399,131 @@ def test_catalog_survives_close(sqlite_catalog_url: str) -> None:
     second.close()  # disposes the shared engine under `first`
     assert first.ensure_collection("c", "/c") == cid
     assert first.engine is second.engine
+
+
+# -- master fingerprints ------------------------------------------------------------------------
+
+INSPECTOR = "test.inspect/1"
+
+
+def fingerprint(facts: AssetFacts, version: str = "v1", **changes) -> Fingerprint:
+    values = {
+        "source_uri": facts.source_uri,
+        "bytes": facts.bytes,
+        "version": version,
+        "sha256": facts.sha256,
+        "pages": [facts.page],
+        "inspector": INSPECTOR,
+        **changes,
+    }
+    return Fingerprint(**values)
+
+
+def test_fingerprints_recall_unchanged_masters_only(catalog_url: str) -> None:
+    catalog = Catalog.open(catalog_url)
+    cid = catalog.ensure_collection("letters", "/archive/letters")
+    a, bad = master("a.tif"), master("bad.jpg", decoded=False, error="truncated JPEG")
+    pages = [
+        master("album.tif").model_copy(update={"page": n, "relative_path": f"album.tif#page={n}"})
+        for n in (0, 2)
+    ]
+    for facts in (a, bad, *pages):
+        catalog.register_asset(cid, facts)
+    sidecar = "/archive/letters/notes.xml"
+    assert (
+        catalog.record_fingerprints(
+            [
+                fingerprint(a),
+                fingerprint(bad),
+                fingerprint(pages[0], pages=[0, 2]),
+                Fingerprint(
+                    source_uri=sidecar, bytes=10, version="v1", sha256=None, inspector=INSPECTOR
+                ),
+            ]
+        )
+        == []
+    )
+
+    def recall(*listed: tuple[str, int, str], inspector: str = INSPECTOR):
+        return catalog.recall_masters(listed, inspector)
+
+    album = pages[0].source_uri
+    found = recall(
+        (a.source_uri, a.bytes, "v1"),
+        (album, a.bytes, "v1"),
+        (sidecar, 10, "v1"),
+        (bad.source_uri, bad.bytes, "v1"),  # a failure is never reused
+        ("/archive/letters/new.tif", 1, "v1"),  # never inspected
+    )
+    assert found == {a.source_uri: [a], album: pages, sidecar: []}
+    # Another version, size or inspector: inspect again.
+    assert recall((a.source_uri, a.bytes, "v2")) == {}
+    assert recall((a.source_uri, a.bytes + 1, "v1")) == {}
+    assert recall((a.source_uri, a.bytes, "v1"), inspector="test.inspect/2") == {}
+    assert recall() == {}
+
+    # The same size and version with other content: reported, and the new fingerprint kept.
+    moved = a.model_copy(update={"sha256": sha("rotten")})
+    assert catalog.record_fingerprints([fingerprint(moved)]) == [a.source_uri]
+    assert recall((a.source_uri, a.bytes, "v1")) == {}  # no asset has that sha256 yet
+    catalog.register_asset(cid, moved)
+    assert recall((a.source_uri, a.bytes, "v1")) == {a.source_uri: [moved]}
+    # A changed version with other content is an ordinary change.
+    assert catalog.record_fingerprints([fingerprint(a, version="v2")]) == []
+
+    stored = catalog.fingerprints([a.source_uri, sidecar, "/nowhere"])
+    assert set(stored) == {a.source_uri, sidecar}
+    assert stored[a.source_uri].version == "v2" and stored[a.source_uri].sha256 == a.sha256
+    assert stored[a.source_uri].seen_at is not None
+    assert stored[a.source_uri].seen_at.utcoffset() == timedelta(0)
+    assert stored[sidecar].pages == [] and stored[sidecar].sha256 is None
+    assert count(catalog, MasterFingerprint) == 4
+
+
+def test_fingerprint_of_a_master_with_a_missing_page_is_not_reused(catalog_url: str) -> None:
+    catalog = Catalog.open(catalog_url)
+    cid = catalog.ensure_collection("letters", "/archive/letters")
+    a = master("a.tif")
+    catalog.register_asset(cid, a)
+    catalog.record_fingerprints([fingerprint(a, pages=[0, 1])])
+    assert catalog.recall_masters([(a.source_uri, a.bytes, "v1")], INSPECTOR) == {}
+    # The latest verdict rules: a page registered with an error since is not reused either.
+    catalog.record_fingerprints([fingerprint(a)])
+    assert catalog.recall_masters([(a.source_uri, a.bytes, "v1")], INSPECTOR) == {a.source_uri: [a]}
+    catalog.register_asset(cid, a.model_copy(update={"error": "no decoder here"}))
+    assert catalog.recall_masters([(a.source_uri, a.bytes, "v1")], INSPECTOR) == {}
+
+
+def test_migration_0003_upgrades_a_0002_catalog(sqlite_catalog_url: str) -> None:
+    url = sqlite_catalog_url
+    catalog = Catalog(url)
+    db.upgrade(catalog.engine, "0002")
+    cid = catalog.ensure_collection("letters", "/archive/letters")
+    a = master("a.tif")
+    aid = catalog.register_asset(cid, a)
+    run = catalog.start_run(cid, None, "0.1.0", {}, CFG)
+    catalog.record_restoration(run, aid, CFG, RestorationStatus.SUCCEEDED, None, [], outputs("a"))
+
+    catalog.upgrade()
+    assert catalog.revision() == "0003"
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    # History untouched; fingerprints work.
+    assert catalog.find_completed(a.sha256, CFG) == outputs("a")
+    (history,) = catalog.history(a.source_uri)
+    assert history.asset_id == aid and len(history.restorations) == 1
+    catalog.record_fingerprints([fingerprint(a)])
+    found = catalog.recall_masters([(a.source_uri, a.bytes, "v1")], INSPECTOR)
+    assert found == {a.source_uri: [a]}
+
+    # Down again: the fingerprints go, nothing else.
+    from alembic import command
+
+    command.downgrade(db.alembic_config(url), "0002")
+    assert catalog.revision() == "0002"
+    with catalog.engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
+    assert "master_fingerprints" not in tables
+    assert catalog.find_completed(a.sha256, CFG) == outputs("a")

@@ -198,7 +198,8 @@ def test_migration_0002_keeps_history_and_downgrades(tmp_path: Path) -> None:
         run, aid, CFG, RestorationStatus.SUCCEEDED, None, [], [_derivative(0)]
     )
 
-    catalog.upgrade()  # 0001 -> 0002 rebuilds the SQLite table: nothing may cascade away
+    # 0001 -> 0002 rebuilds the SQLite table: nothing may cascade away
+    db.upgrade(catalog.engine, "0002")
     assert catalog.revision() == "0002"
     assert _scalar(catalog, "SELECT page FROM assets WHERE id = 1") == 0
     assert _scalar(catalog, "PRAGMA foreign_keys") == 1  # switched back on after migrating

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -44,8 +46,31 @@ def _bucket_hashes(prefix: str) -> dict[str, str]:
     return out
 
 
+def _count_master_gets(monkeypatch) -> Counter[str]:
+    """GetObject requests for keys under in/ (the masters), whoever makes them."""
+    import botocore.client
+
+    gets: Counter[str] = Counter()
+    lock = threading.Lock()
+    make_api_call = botocore.client.BaseClient._make_api_call
+
+    def counting_call(self, operation_name, api_params):
+        if operation_name == "GetObject" and api_params.get("Key", "").startswith("in/"):
+            with lock:
+                gets[api_params["Key"]] += 1
+        return make_api_call(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting_call)
+    return gets
+
+
 def test_s3_to_s3_with_postgres_catalog(
-    prefect_harness, s3_endpoint: str, postgres_server_url: str, sample_collection: Path, tmp_path
+    prefect_harness,
+    s3_endpoint: str,
+    postgres_server_url: str,
+    sample_collection: Path,
+    tmp_path,
+    monkeypatch,
 ) -> None:
     staging = tmp_path / "staging"
     import shutil
@@ -99,12 +124,38 @@ def test_s3_to_s3_with_postgres_catalog(
     )
 
     # A second run skips everything already restored and fails only the broken ones again.
+    # It reads no good master: their ETags and LastModified are those they had when inspected.
+    # Masters whose inspection found an error are inspected again (a failure is never
+    # trusted); truncated.jpg has a readable header (it fails in detect, which reads it from
+    # the worker's master cache), so its facts are reused like a good master's.
+    gets = _count_master_gets(monkeypatch)
     again = runner.invoke(
         app, ["restore", source, dest, "--catalog", postgres_server_url, "--collection", "s3-e2e"]
     )
     assert again.exit_code == 1
     assert again.output.count("already done") == len(good)
+    assert set(gets) == {
+        f"in/broken/{name}" for name in ("empty.jpg", "notes.tif", "unreadable.tif")
+    }
+    monkeypatch.undo()
     assert _bucket_hashes("out/") == outputs
+
+    # --rehash reads every master once (a fixity check) and finds nothing changed.
+    gets = _count_master_gets(monkeypatch)
+    rehashed = runner.invoke(
+        app,
+        ["restore", source, dest, "--catalog", postgres_server_url, "--collection", "s3-e2e"]
+        + ["--rehash"],
+    )
+    monkeypatch.undo()
+    assert rehashed.exit_code == 1
+    assert rehashed.output.count("already done") == len(good)
+    assert gets == Counter(dict.fromkeys(masters, 1))
+    from daguerre.catalog import Catalog
+
+    fingerprints = Catalog(postgres_server_url).fingerprints(f"s3://{BUCKET}/{k}" for k in good)
+    assert len(fingerprints) == len(good)
+    assert all(f.version.startswith("s3:etag=") for f in fingerprints.values())
 
     storage = open_storage(dest)
     assert storage.exists(f"{key.removeprefix('in/')}.restored.tif")

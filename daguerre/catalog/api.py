@@ -8,11 +8,12 @@ asset or recording a restoration twice leaves the catalog as if it had been done
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
+from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 from sqlalchemy import Engine, Select, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -30,6 +31,7 @@ from daguerre.catalog.schema import (
     Base,
     Collection,
     Derivative,
+    MasterFingerprint,
     Restoration,
     RestorationDerivative,
     Run,
@@ -61,8 +63,27 @@ _DECODED_FIELDS: tuple[str, ...] = (
 )
 
 
-def _insert_ignore(session: Session, model: type[Base], values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: concurrent writers of the same natural key never fail."""
+_T = TypeVar("_T")
+# Bound on the values of one IN (...) list: far below every backend's parameter limit.
+_IN_CHUNK = 500
+
+
+class Fingerprint(BaseModel):
+    """A master file as its storage listing showed it (``bytes``, ``version``) and what
+    inspecting it found: its ``sha256`` (None for a file that is not an image) and the
+    ``pages`` kept as assets (empty for a file that is not an image), by the inspection code
+    ``inspector``. ``seen_at`` is set by the catalog."""
+
+    source_uri: str
+    bytes: int
+    version: str
+    sha256: str | None
+    pages: list[int] = Field(default_factory=list)
+    inspector: str
+    seen_at: datetime | None = None
+
+
+def _dialect_insert(session: Session) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -70,7 +91,30 @@ def _insert_ignore(session: Session, model: type[Base], values: dict[str, Any]) 
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise NotImplementedError(f"catalog backend {dialect!r} is not supported")
+    return insert
+
+
+def _insert_ignore(session: Session, model: type[Base], values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: concurrent writers of the same natural key never fail."""
+    insert = _dialect_insert(session)
     session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def _upsert(session: Session, model: type[Base], key: str, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE: the last writer's values win, none fails."""
+    insert = _dialect_insert(session)
+    statement = insert(model).values(**values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[key],
+            set_={name: statement.excluded[name] for name in values if name != key},
+        )
+    )
+
+
+def _chunks(items: Sequence[_T], size: int = _IN_CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _json(value: Any) -> Any:
@@ -541,6 +585,107 @@ class Catalog:
                 )
                 for step, restoration, asset in rows
             ]
+
+    def recall_masters(
+        self, listed: Iterable[tuple[str, int, str]], inspector: str
+    ) -> dict[str, list[AssetFacts]]:
+        """The facts of every listed master known to be unchanged, by source URI.
+
+        ``listed`` holds (source_uri, bytes, version) as a storage listing gave them. A master
+        is known when its fingerprint has that size and version and was made by ``inspector``,
+        and the catalog holds an asset without ``error`` for each of its pages (same URI and
+        sha256; the latest updated when several collections registered it). It maps to those
+        pages' facts in page order, or to [] for a file that is not an image. Masters that are
+        not known are absent: inspect them. A failure is never known: decoding depends on the
+        worker's decoders and version, so a master with an error is inspected every time.
+        The facts' ``relative_path`` is as registered; callers re-base it on their own key.
+        """
+        wanted = {uri: (size, version) for uri, size, version in listed}
+        known: dict[str, list[AssetFacts]] = {}
+        with self._begin() as session:
+            for uris in _chunks(list(wanted)):
+                candidates: dict[str, MasterFingerprint] = {}
+                for fp in session.scalars(
+                    select(MasterFingerprint).where(MasterFingerprint.source_uri.in_(uris))
+                ):
+                    if (fp.bytes, fp.version) != wanted[fp.source_uri]:
+                        continue
+                    if fp.inspector != inspector:
+                        continue
+                    if not fp.pages:
+                        known[fp.source_uri] = []
+                    elif fp.sha256 is not None:
+                        candidates[fp.source_uri] = fp
+                if not candidates:
+                    continue
+                rows: dict[tuple[str, int], Asset] = {}
+                for asset in session.scalars(
+                    select(Asset)
+                    .where(Asset.source_uri.in_(list(candidates)))
+                    .order_by(Asset.updated_at, Asset.id)
+                ):
+                    fp = candidates[asset.source_uri]
+                    if asset.sha256 == fp.sha256 and asset.bytes == fp.bytes:
+                        rows[(asset.source_uri, asset.page)] = asset  # the latest wins
+                for uri, fp in candidates.items():
+                    pages = [rows.get((uri, page)) for page in fp.pages]
+                    if all(a is not None and a.error is None for a in pages):
+                        known[uri] = [_asset_facts(a) for a in pages if a is not None]
+        return known
+
+    def record_fingerprints(self, fingerprints: Sequence[Fingerprint]) -> list[str]:
+        """Remember what inspecting these masters found, replacing their earlier fingerprints.
+
+        Record a fingerprint only after the inspection it describes, with the size and version
+        of the listing made before that inspection read the file. Returns the source URIs whose
+        earlier fingerprint had the same size and version but another sha256: content that
+        changed while its storage showed no change (bit rot, a tool that restored the times),
+        which a fixity check (inspecting every master) is there to find.
+        """
+        changed: list[str] = []
+        now = utcnow()
+        with self._begin() as session:
+            for chunk in _chunks(list(fingerprints)):
+                earlier = {
+                    fp.source_uri: fp
+                    for fp in session.scalars(
+                        select(MasterFingerprint).where(
+                            MasterFingerprint.source_uri.in_([f.source_uri for f in chunk])
+                        )
+                    )
+                }
+                for new in chunk:
+                    old = earlier.get(new.source_uri)
+                    if (
+                        old is not None
+                        and (old.bytes, old.version) == (new.bytes, new.version)
+                        and None not in (old.sha256, new.sha256)
+                        and old.sha256 != new.sha256
+                    ):
+                        changed.append(new.source_uri)
+                    values = new.model_dump(mode="python")
+                    values["seen_at"] = now
+                    _upsert(session, MasterFingerprint, "source_uri", values)
+        return changed
+
+    def fingerprints(self, source_uris: Iterable[str]) -> dict[str, Fingerprint]:
+        """The stored fingerprints of these masters, by source URI (absent: none stored)."""
+        found: dict[str, Fingerprint] = {}
+        with self._begin() as session:
+            for uris in _chunks(list(dict.fromkeys(source_uris))):
+                for fp in session.scalars(
+                    select(MasterFingerprint).where(MasterFingerprint.source_uri.in_(uris))
+                ):
+                    found[fp.source_uri] = Fingerprint(
+                        source_uri=fp.source_uri,
+                        bytes=fp.bytes,
+                        version=fp.version,
+                        sha256=fp.sha256,
+                        pages=list(fp.pages),
+                        inspector=fp.inspector,
+                        seen_at=fp.seen_at,
+                    )
+        return found
 
     def run_summary(self, run_id: int) -> dict[str, int]:
         """Restorations of run ``run_id`` per status, every status present, plus "total"."""

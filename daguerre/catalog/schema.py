@@ -1,4 +1,5 @@
-"""ORM schema of the catalog: collections, assets, runs, restorations, steps and derivatives.
+"""ORM schema of the catalog: collections, assets, runs, restorations, steps, derivatives, and
+the fingerprints of inspected master files.
 
 The Alembic migrations in ``daguerre/catalog/migrations`` must produce exactly this schema
 (a test compares them). Change both together: edit the models here, then add a migration.
@@ -257,3 +258,26 @@ class RestorationDerivative(Base):
     derivative_id: Mapped[int] = mapped_column(
         ForeignKey("derivatives.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class MasterFingerprint(Base):
+    """What the last inspection of one master file found, under the fingerprint its storage
+    listing gave it (``bytes`` and the listing's opaque ``version`` token, see
+    ``daguerre.storage.ObjectInfo``). While a listing shows the same size and version, the file
+    is not read again: the facts of its pages (``assets`` rows with this ``source_uri`` and
+    ``sha256``) are reused. ``pages`` are the pages inspection kept, empty for a file that is
+    not an image (whose ``sha256`` is then unknown, None). ``inspector`` names the inspection
+    code, so facts from an older one are not reused.
+
+    Keyed by the file's URI alone: the facts are the file's, whichever collection lists it.
+    """
+
+    __tablename__ = "master_fingerprints"
+
+    source_uri: Mapped[str] = mapped_column(Text, primary_key=True)
+    bytes: Mapped[ByteCount]
+    version: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    pages: Mapped[list[int]] = mapped_column(JSON(none_as_null=True))
+    inspector: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[Timestamp]
