@@ -147,7 +147,7 @@ def restore(
 ) -> None:
     """Restore every image under SOURCE into DEST and record each edit in the catalog."""
     from daguerre.config import parse_steps
-    from daguerre.policy import merged_options
+    from daguerre.policy import AUTO, PolicyError, find_policy
     from daguerre.storage import StorageError, is_inside, open_storage
 
     try:
@@ -176,18 +176,12 @@ def restore(
             usage_error(f"SOURCE {source_storage.uri} is inside DEST {dest_storage.uri}")
         source_storage.check()
         dest_storage.ensure_exists()
-        collection_policy = _collection_policy(policy, source_storage)
     except StorageError as exc:
         usage_error(str(exc))
-    given = {
-        "collection": collection,
-        "steps": step_list,
-        "scale": scale,
-        "access_format": access_format,
-        "access_long_edge": access_long_edge,
-        "pyramid": pyramid,
-    }
-    options = merged_options(collection_policy, given, models)
+    try:  # checked here too, so that a bad policy is a usage error, not a failed run
+        collection_policy = find_policy(policy or AUTO, source_storage.uri)
+    except PolicyError as exc:
+        usage_error(f"invalid policy {exc}")
     if collection_policy is not None:
         console.print(f"Policy: {collection_policy.uri}", highlight=False)
 
@@ -201,36 +195,22 @@ def restore(
             source=source_storage.uri,
             dest=dest_storage.uri,
             catalog_url=catalog_url,
+            collection=collection,
+            steps=step_list,
+            scale=scale,
             device=device,
-            policy=collection_policy.reference() if collection_policy else None,
+            models=models,
+            access_format=access_format,
+            access_long_edge=access_long_edge,
+            pyramid=pyramid,
+            policy=collection_policy.uri if collection_policy else "none",
             rehash=rehash,
-            **options,
         )
     except Exception as exc:
         err_console.print(f"daguerre: the run failed: {type(exc).__name__}: {exc}", markup=False)
         raise typer.Exit(1) from None
     _print_report(report)
     raise typer.Exit(1 if report.failed else 0)
-
-
-def _collection_policy(option: str | None, source: Any) -> Any:
-    """The policy to apply: the file named by --policy, else SOURCE's own, else None.
-
-    Exits with a usage error when the policy cannot be read or is invalid.
-    """
-    from daguerre.policy import POLICY_FILE, PolicyError, parse_policy
-    from daguerre.storage import read_uri
-
-    if option is not None and option.strip().lower() == "none":
-        return None
-    try:
-        if option is not None:
-            return parse_policy(read_uri(option), option)
-        if not source.exists(POLICY_FILE):
-            return None
-        return parse_policy(source.read_bytes(POLICY_FILE), f"{source.uri}/{POLICY_FILE}")
-    except PolicyError as exc:
-        usage_error(f"invalid policy {exc}")
 
 
 def _print_report(report: Any) -> None:

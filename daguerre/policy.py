@@ -30,8 +30,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from daguerre.config import parse_steps
 from daguerre.records import PIXEL_STAGES
+from daguerre.storage import StorageError, open_storage, read_uri
 
 POLICY_FILE = "daguerre.toml"
+# `policy=` values: look for POLICY_FILE at SOURCE's root / apply none.
+AUTO, NONE = "auto", "none"
 # Tasks a model can be chosen for: every pixel stage, and the damage detector.
 MODEL_TASKS: tuple[str, ...] = (*PIXEL_STAGES, "damage")
 
@@ -126,3 +129,22 @@ def merged_options(
         models = {**policy.models, **models}
     out["models"] = models
     return out
+
+
+def find_policy(option: str | None, source: str) -> CollectionPolicy | None:
+    """The policy a run applies: `option` names a file (path or s3:// URI), AUTO (or None)
+    looks for POLICY_FILE at the root of `source`, NONE applies none.
+
+    Raises PolicyError when the named file cannot be read or any policy is invalid.
+    """
+    if option is not None and option.strip().lower() == NONE:
+        return None
+    try:
+        if option is not None and option.strip().lower() != AUTO:
+            return parse_policy(read_uri(option), option)
+        storage = open_storage(source, read_only=True)
+        if not storage.exists(POLICY_FILE):
+            return None
+        return parse_policy(storage.read_bytes(POLICY_FILE), f"{storage.uri}/{POLICY_FILE}")
+    except StorageError as exc:
+        raise PolicyError(f"cannot read the policy: {exc}") from None

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from daguerre.config import RestoreConfig
 from daguerre.operators import identity, resolve_operators
+from daguerre.policy import AUTO, find_policy, merged_options
 from daguerre.records import (
     PIXEL_STAGES,
     AssetFacts,
@@ -107,38 +108,47 @@ def restore_collection(
     scale: int | None = None,
     device: str = "auto",
     models: dict[str, str] | None = None,
-    access_format: str = "jpeg",
-    access_long_edge: int = 2048,
-    pyramid: bool = False,
-    upscale_below_long_edge: int = 512,
-    policy: dict[str, str] | None = None,
+    access_format: str | None = None,
+    access_long_edge: int | None = None,
+    pyramid: bool | None = None,
+    upscale_below_long_edge: int | None = None,
+    policy: str | None = AUTO,
     rehash: bool = False,
 ) -> RunReport:
     """Restore every image under SOURCE into DEST and record what was done in the catalog.
 
+    Settings left at None come from the collection's policy (`policy`: AUTO finds
+    `daguerre.toml` at SOURCE's root, a path or s3:// URI names one, NONE applies none), else
+    from RestoreConfig's defaults; `models` add to (and override per task) the policy's.
     Masters unchanged since they were inspected (same fingerprint) are not read; `rehash`
     reads and hashes every master (recorded in the run's configuration, not in its hash: it
     does not change what is written).
     """
-    fields: dict[str, Any] = {
-        "source": source,
-        "dest": dest,
+    logger = get_run_logger()
+    collection_policy = find_policy(policy, source)
+    given = {
         "collection": collection,
+        "steps": steps,
         "scale": scale,
-        "device": device,
-        "models": models or {},
         "access_format": access_format,
         "access_long_edge": access_long_edge,
         "pyramid": pyramid,
         "upscale_below_long_edge": upscale_below_long_edge,
-        "policy": policy,
     }
+    fields: dict[str, Any] = {
+        "source": source,
+        "dest": dest,
+        "device": device,
+        "policy": collection_policy.reference() if collection_policy else None,
+        **merged_options(collection_policy, given, models or {}),
+    }
+    if collection_policy is not None:
+        logger.info("policy %s (sha256 %s)", collection_policy.uri, collection_policy.sha256[:12])
     if catalog_url:
         fields["catalog_url"] = catalog_url
-    if steps is not None:
-        fields["steps"] = tuple(steps)
+    if fields.get("steps") is not None:
+        fields["steps"] = tuple(fields["steps"])
     cfg = RestoreConfig(**fields)
-    logger = get_run_logger()
 
     operators = resolve_operators(cfg.steps, cfg.models, cfg.device)
     identities = {stage: identity(op) for stage, op in operators.items() if op is not None}

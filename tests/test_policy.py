@@ -96,6 +96,16 @@ def test_a_run_applies_the_collections_policy(prefect_harness, tmp_path: Path) -
     assert config["models"] == {"denoise": "classical"}
     assert config["policy"]["uri"].endswith(POLICY_FILE) and len(config["policy"]["sha256"]) == 64
 
+    # A scheduled deployment calls the flow itself: it finds and applies the policy too.
+    from daguerre.flows.restore import restore_collection
+
+    report = restore_collection(str(source), str(dest), catalog_url=catalog)
+    assert [i.status.value for i in report.images] == ["skipped"]  # same configuration: done
+    with engine.connect() as conn:
+        latest = conn.execute(text("SELECT config FROM runs ORDER BY id DESC")).first()[0]
+    latest = json.loads(latest) if isinstance(latest, str) else latest
+    assert latest["policy"] == config["policy"] and latest["steps"] == ["denoise", "tone"]
+
     (source / POLICY_FILE).write_bytes(b"[restore]\nscale = 3\n")
     bad = runner.invoke(app, ["restore", str(source), str(dest), "--catalog", catalog])
     assert bad.exit_code == 2 and "invalid policy" in bad.output and "scale" in bad.output
