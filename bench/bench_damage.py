@@ -132,7 +132,7 @@ def main() -> None:
 def _overlays(folder: Path, detectors: dict[str, Detector], out: Path) -> None:
     """Each real scan beside its masks (red where marked), one PNG per scan and detector."""
     out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.iterdir()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             continue
@@ -142,8 +142,9 @@ def _overlays(folder: Path, detectors: dict[str, Detector], out: Path) -> None:
             overlay = img.copy()
             overlay[mask] = (0, 0, 255)
             pct = 100 * mask.mean()
-            cv2.imwrite(str(out / f"{path.stem}.{label}.png"), np.hstack([img, overlay]))
-            print(f"{path.name} {label}: {pct:.2f}% marked")
+            name = "_".join(path.relative_to(folder).with_suffix("").parts)
+            cv2.imwrite(str(out / f"{name}.{label}.png"), np.hstack([img, overlay]))
+            print(f"{name} {label}: {pct:.2f}% marked")
 
 
 if __name__ == "__main__":
