@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyvips
 
-from daguerre.imaging import detect as detect_module
 from daguerre.imaging import io as imgio
 from daguerre.imaging.detect import (
     ANALYSIS_LONG_EDGE,
+    DAMAGE_CONTEXT,
     Detection,
     analyse_colour,
     contrast,
@@ -45,9 +45,7 @@ METADATA_FIELDS = ("exif-data", "xmp-data", "iptc-data")
 BIGTIFF_BYTES = 3 << 30
 # Damage detection reaches DAMAGE_CONTEXT px beyond a pixel (long paths aside); a mask is
 # binary, so tiles butt without blending.
-MASK_REQUIREMENTS = TileRequirements(
-    context=getattr(detect_module, "DAMAGE_CONTEXT", 64), blend=0, tile=2048
-)
+MASK_REQUIREMENTS = TileRequirements(context=DAMAGE_CONTEXT, blend=0, tile=2048)
 # Loaders that take a page argument.
 _PAGED = frozenset({"tiff", "gif", "webp", "heif"})
 
