@@ -318,3 +318,19 @@ def test_colorize_training_smoke_and_use(data_dir, tmp_path) -> None:
     lab = rgb_to_lab(torch.from_numpy(out).permute(2, 0, 1)[None])[0, 0]
     lab_in = rgb_to_lab(torch.from_numpy(np.repeat(grey, 3, axis=2)).permute(2, 0, 1)[None])
     assert float((lab - lab_in[0, 0]).abs().max()) < 0.05
+
+
+def test_training_needs_only_cv2_numpy_and_torch() -> None:
+    """A bare GPU image (torch, OpenCV, numpy, safetensors) must run `daguerre train`'s code:
+    importing it may not pull in the pipeline's other dependencies."""
+    import subprocess
+    import sys
+
+    blocked = ["pyvips", "pydantic", "prefect", "sqlalchemy", "boto3", "spandrel", "tifffile"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import daguerre.models.training\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
