@@ -111,8 +111,8 @@ def restore(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            help="Bring-your-own weights TASK=PATH_OR_S3_URI[#sha256=HEX], or TASK=classical "
-            "to use the classical algorithm. Repeatable."
+            help="Bring-your-own weights TASK=PATH_OR_S3_URI (pinned: add #sha256=HEX), or "
+            "TASK=classical to use the classical algorithm. Repeatable."
         ),
     ] = None,
     access_format: Annotated[
