@@ -42,6 +42,7 @@ from daguerre.tasks.catalog import (
 )
 from daguerre.tasks.stages import (
     InspectedMaster,
+    ListedMaster,
     clean_work_area,
     detect_stage,
     inspect_master,
@@ -125,7 +126,6 @@ def restore_collection(
     does not change what is written).
     """
     logger = get_run_logger()
-    collection_policy = find_policy(policy, source)
     given = {
         "collection": collection,
         "steps": steps,
@@ -135,20 +135,9 @@ def restore_collection(
         "pyramid": pyramid,
         "upscale_below_long_edge": upscale_below_long_edge,
     }
-    fields: dict[str, Any] = {
-        "source": source,
-        "dest": dest,
-        "device": device,
-        "policy": collection_policy.reference() if collection_policy else None,
-        **merged_options(collection_policy, given, models or {}),
-    }
-    if collection_policy is not None:
-        logger.info("policy %s (sha256 %s)", collection_policy.uri, collection_policy.sha256[:12])
-    if catalog_url:
-        fields["catalog_url"] = catalog_url
-    if fields.get("steps") is not None:
-        fields["steps"] = tuple(fields["steps"])
-    cfg = RestoreConfig(**fields)
+    cfg = _config(source, dest, catalog_url, device, models or {}, given, policy)
+    if cfg.policy is not None:
+        logger.info("policy %s (sha256 %s)", cfg.policy["uri"], cfg.policy["sha256"][:12])
 
     operators = resolve_operators(cfg.steps, cfg.models, cfg.device)
     identities = {stage: identity(op) for stage, op in operators.items() if op is not None}
@@ -171,17 +160,10 @@ def restore_collection(
     mismatches: list[str] = []
     for first in range(0, len(listed), BATCH_SIZE):
         batch = listed[first : first + BATCH_SIZE]
-        known: dict[str, list[AssetFacts]] = {}
-        if not rehash and any(m.version is not None for m in batch):
-            known = recall_masters(cfg.catalog_url, cfg.source, batch)
-        futures = {
-            m.key: inspect_master.submit(cfg.source, m.key) for m in batch if m.key not in known
-        }
-        found = {key: future.result() for key, future in futures.items()}
+        known, found = _facts_of(cfg, batch, rehash)
         reused += len(known)
-        assets = [
-            facts for m in batch for facts in (known[m.key] if m.key in known else found[m.key])
-        ]
+        by_key = known | found
+        assets = [facts for m in batch for facts in by_key[m.key]]
         # A multi-page file fans out into its pages: batch those too, to stay bounded.
         for start in range(0, len(assets), BATCH_SIZE):
             jobs = [
@@ -229,6 +211,43 @@ def restore_collection(
         masters_inspected=inspected,
         fixity_mismatches=mismatches,
     )
+
+
+def _config(
+    source: str,
+    dest: str,
+    catalog_url: str | None,
+    device: str,
+    models: dict[str, str],
+    given: dict[str, Any],
+    policy: str | None,
+) -> RestoreConfig:
+    """The run's configuration: settings `given` (None = not given) over the collection
+    policy's, over RestoreConfig's defaults."""
+    collection_policy = find_policy(policy, source)
+    fields: dict[str, Any] = {
+        "source": source,
+        "dest": dest,
+        "device": device,
+        "policy": collection_policy.reference() if collection_policy else None,
+        **merged_options(collection_policy, given, models),
+    }
+    if catalog_url:
+        fields["catalog_url"] = catalog_url
+    if fields.get("steps") is not None:
+        fields["steps"] = tuple(fields["steps"])
+    return RestoreConfig(**fields)
+
+
+def _facts_of(
+    cfg: RestoreConfig, batch: list[ListedMaster], rehash: bool
+) -> tuple[dict[str, list[AssetFacts]], dict[str, list[AssetFacts]]]:
+    """(facts recalled by fingerprint, facts found by inspecting the rest), by key."""
+    known: dict[str, list[AssetFacts]] = {}
+    if not rehash and any(m.version is not None for m in batch):
+        known = recall_masters(cfg.catalog_url, cfg.source, batch)
+    futures = {m.key: inspect_master.submit(cfg.source, m.key) for m in batch if m.key not in known}
+    return known, {key: future.result() for key, future in futures.items()}
 
 
 class _Job:
