@@ -10,8 +10,6 @@ chain's tone and optics steps first) with a fixed seed per image, in two kinds:
 - "blotches": stains (10-60 px, soft edges, uneven interiors) only.
 Every method gets the damaged image and the true mask, and is scored by PSNR over the masked
 pixels against the image before the damage (the set's squared errors pooled, then PSNR).
-"LABEL+ns-thin" is what the pipeline's inpaint stage runs with that model: the model fills
-marks more than 3 px from their edge, Navier-Stokes the thinner ones (operators.fill_by_width).
 Speed: megapixels of image per second (median per image).
 """
 
@@ -41,7 +39,6 @@ from common import (
 
 from daguerre.imaging import degrade as dg
 from daguerre.imaging.classical import telea_inpaint
-from daguerre.operators import fill_by_width
 
 Inpainter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -70,10 +67,6 @@ def main() -> None:
     for label, (model, path) in load_models("inpaint", args.model).items():
         results["models"][label] = model_record(model, path)
         methods[label] = lambda img, m, model=model: model.run(img, mask=m)
-        # What the pipeline's inpaint stage runs: the model on wide marks, diffusion on thin.
-        methods[f"{label}+ns-thin"] = lambda img, m, model=model: fill_by_width(
-            img, m, lambda p, mm: model.run(p, mask=mm)
-        )
 
     speeds = Speeds(methods)
     for set_name in args.sets.split(","):

@@ -413,29 +413,6 @@ def _noise_estimate(source: RegionSource) -> float:
     return estimate_noise_sigma(source.read_region(x, y, w, h))
 
 
-# Thin marks (scratches, dust) are where diffusion is near its best; a learned inpainter fills
-# the wide ones (blotches, stains, tears: where a disk this many px across fits inside the
-# mask). On the benchmark's damage, 11 px sends 94% of blotch pixels and 2% of scratch and
-# dust pixels to the model.
-WIDE_MARK_PX = 11
-THIN_MARK_RADIUS = 3
-
-
-def fill_by_width(
-    pixels: np.ndarray, mask: np.ndarray, fill_wide: Callable[[np.ndarray, np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Fill `mask`: thin marks by Navier-Stokes diffusion, wide ones by `fill_wide(pixels,
-    mask)`. Both see the whole mask as unknown; pixels outside it are returned unchanged."""
-    thin, wide = classical.split_by_width(mask, WIDE_MARK_PX)
-    out = pixels
-    if wide.any():
-        out = np.where(wide[..., None], fill_wide(pixels, mask), out)
-    if thin.any():
-        diffused = classical.telea_inpaint(pixels, mask, THIN_MARK_RADIUS, "ns")
-        out = np.where(thin[..., None], diffused, out)
-    return np.asarray(out, dtype=np.float32)
-
-
 @dataclass
 class LearnedOperator(_Tiled):
     """A model from the registry or brought by the user, behind the same interface."""
@@ -471,18 +448,14 @@ class LearnedOperator(_Tiled):
         if self.stage == "inpaint" and mask is None:
             raise ValueError("inpainting needs a damage mask")
 
-        if mask is not None:
-            used["thin_marks"] = (
-                f"opencv.inpaint-ns r{THIN_MARK_RADIUS} where no {WIDE_MARK_PX} px disk fits"
-            )
-
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            if mask is None:
-                return model.run(pixels, noise_sigma=sigma)
-            m = mask.read_mask(*_xywh(tile.read))
-            if not m.any():
+            m = mask.read_mask(*_xywh(tile.read)) if mask is not None else None
+            if m is not None and not m.any():
                 return pixels
-            return fill_by_width(pixels, m, lambda p, mm: model.run(p, noise_sigma=sigma, mask=mm))
+            out = model.run(pixels, noise_sigma=sigma, mask=m)
+            if m is not None:  # only masked pixels may change
+                out = np.where(m[..., None], out, pixels).astype(np.float32)
+            return out
 
         metrics = {"masked_pixels": int(mask.count())} if mask is not None else {}
         return TileJob(model_requirements(model), fn, used, metrics)

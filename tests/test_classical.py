@@ -195,21 +195,3 @@ def test_auto_tone_parameters_are_recordable(camera):
     assert params["low_pct"] == 1.0 and params["high_pct"] == 99.0
     with pytest.raises(ValueError):
         auto_tone_parameters(camera, 60, 40)
-
-
-def test_split_by_width_sends_regions_a_disk_fits_in_to_wide() -> None:
-    from daguerre.imaging.classical import split_by_width
-
-    mask = np.zeros((70, 70), bool)
-    mask[5, 5:60] = True  # a 1 px scratch
-    mask[10:14, 5:60] = True  # a 4 px scratch
-    mask[60:63, 5:9] = True  # a dust speck
-    mask[40:55, 40:55] = True  # a 15 px blotch...
-    mask[47, 10:40] = True  # ...with a long thin tail
-    thin, wide = split_by_width(mask, 11)
-    assert not (thin & wide).any() and np.array_equal(thin | wide, mask)
-    assert thin[5, 5:60].all() and thin[10:14, 5:60].all() and thin[60:63, 5:9].all()
-    assert wide[40:55, 40:55].all()  # corners included: they lie near the blotch's core
-    assert wide[47, 33:40].all() and thin[47, 10:25].all()  # the tail's far end is thin
-    empty = np.zeros((5, 5), bool)
-    assert not any(m.any() for m in split_by_width(empty, 11))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from daguerre.operators import CLASSICAL, identity, resolve_operators
@@ -98,30 +97,3 @@ def test_detect_stage_records_the_damage_model(tmp_path) -> None:
     detected = detect_stage.fn(cfg, 1, asset)
     assert detected.step.weights_sha256 == sha
     assert detected.step.parameters["damage"].startswith("user:daguerre-damage-unet@")
-
-
-def test_learned_inpainting_leaves_thin_marks_to_diffusion() -> None:
-    from daguerre.imaging.classical import telea_inpaint
-    from daguerre.operators import fill_by_width
-
-    rng = np.random.default_rng(3)
-    img = rng.random((48, 64, 3), dtype=np.float32)
-    mask = np.zeros((48, 64), bool)
-    mask[5, 4:60] = True  # thin
-    mask[20:40, 20:40] = True  # wide
-    seen: list[np.ndarray] = []
-
-    def model(pixels: np.ndarray, m: np.ndarray) -> np.ndarray:
-        seen.append(m)
-        return np.full_like(pixels, 0.5)
-
-    out = fill_by_width(img, mask, model)
-    assert np.array_equal(seen[0], mask)  # the model sees every mark as unknown
-    assert np.all(out[23:37, 23:37] == 0.5)
-    ns = telea_inpaint(img, mask, 3, "ns")
-    assert np.array_equal(out[5, 4:60], ns[5, 4:60])
-    assert np.array_equal(out[~mask], img[~mask])
-    thin_only = np.zeros_like(mask)
-    thin_only[5, 4:60] = True
-    fill_by_width(img, thin_only, model)
-    assert len(seen) == 1  # no wide mark: the model is not run

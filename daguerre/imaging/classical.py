@@ -134,23 +134,6 @@ def telea_inpaint(
     return np.where(mask[:, :, None], filled, source).astype(np.float32, copy=False)
 
 
-def split_by_width(mask: np.ndarray, wide_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """(thin, wide) (H, W) bool masks: `wide` is where a disk `wide_px` across fits inside the
-    mask (a morphological opening: blotches, stains, tears), with the mask's pixels within
-    `wide_px` of those cores; `thin` the rest (scratches and dust away from any blotch: where
-    diffusion fills near its best)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy(), mask.copy()
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (wide_px, wide_px))
-    cores = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk)
-    # What lies within a disk's width of a wide region (its corners, ragged edges, satellite
-    # spots) goes with it: a stain's texture is the model's to fill, not diffusion's.
-    rim = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * wide_px, 2 * wide_px))
-    wide = cv2.dilate(cores, rim).astype(bool) & mask
-    return mask & ~wide, wide
-
-
 def telea_parameters(radius: int = 3) -> dict[str, Any]:
     """The settings telea_inpaint uses."""
     return {
