@@ -238,10 +238,85 @@ UPSCALERS: tuple[ModelDescriptor, ...] = (
     ),
 )
 
+INPAINTERS: tuple[ModelDescriptor, ...] = (
+    ModelDescriptor(
+        id="daguerre-inpaint-s",
+        task="inpaint",
+        architecture="daguerre-inpaint-unet",
+        version="1",
+        scale=1,
+        in_channels=3,
+        out_channels=3,
+        size_requirements=SizeRequirements(minimum=0, multiple_of=8),
+        tiling="supported",
+        receptive_overlap=96,
+        supports_half=False,
+        supports_bfloat16=False,
+        weights_file="daguerre-inpaint-s.safetensors",
+        weights_sha256="93b347bd63087ea15b3018558f60abfa3ec8fefececff6a7c3270f67d2e2a20c",
+        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split, T91 and Train400)",
+        training={
+            "card": "daguerre-inpaint-s.json",
+            "data": [
+                "train/BSDS500-train",
+                "train/BSDS500-test-split",
+                "train/T91",
+                "train/Train400",
+            ],
+            "recipe": "scratches, dust, stains, tears and folds of daguerre.imaging.degrade over "
+            "aged clean patches; mask in, only masked pixels predicted; masked L1, Adam 5e-4 "
+            "cosine, batch 8 x 96 px, CPU fp32, 1 thread",
+            "steps": 13211,
+            "minutes": 110.4,
+            "metrics": {"val_masked_psnr": 18.57, "val_telea_masked_psnr": 16.853},
+        },
+        hyperparameters={"in_channels": 3, "channels": 24},
+    ),
+)
+
+COLORIZERS: tuple[ModelDescriptor, ...] = (
+    ModelDescriptor(
+        id="daguerre-colorize-s",
+        task="colorize",
+        architecture="daguerre-colorize-unet",
+        version="1",
+        scale=1,
+        in_channels=3,
+        out_channels=3,
+        size_requirements=SizeRequirements(minimum=0, multiple_of=8),
+        # The colorize stage runs it once on a view of the whole image (colour needs the scene).
+        tiling="internal",
+        receptive_overlap=144,
+        supports_half=False,
+        supports_bfloat16=False,
+        weights_file="daguerre-colorize-s.safetensors",
+        weights_sha256="393a386cc202e85f2b250f156240162aab65c1d6e0975de4fa07bfdb4e48ecfe",
+        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split and T91)",
+        training={
+            "card": "daguerre-colorize-s.json",
+            "data": ["train/BSDS500-train", "train/BSDS500-test-split", "train/T91"],
+            "recipe": "CIELAB L in, 261 a*b* bins out (annealed mean), soft-encoded cross-entropy "
+            "with class rebalancing; 70 min from scratch (rebalance 0.5, near-grey patches "
+            "skipped), then 30 min fine-tuned (rebalance 0.8, grey patches kept, lr 2e-4); "
+            "batch 16 x 128 px, CPU fp32, 1 thread",
+            "steps": 1364,
+            "minutes": 100.0,
+            "metrics": {"val_psnr": 19.545, "val_grey_psnr": 18.596},
+        },
+        hyperparameters={"channels": 32, "grid": 10},
+    ),
+)
+
 # Ordered: the first shipped descriptor of a task (and scale) is its default. Trained models are
 # added here with their weights in models/weights/; an entry whose file is absent must not be
 # listed (a test checks every file and sha256).
-SHIPPED: tuple[ModelDescriptor, ...] = (*DENOISERS, *UPSCALERS, *UPSCALERS_BICUBIC)
+SHIPPED: tuple[ModelDescriptor, ...] = (
+    *DENOISERS,
+    *UPSCALERS,
+    *UPSCALERS_BICUBIC,
+    *INPAINTERS,
+    *COLORIZERS,
+)
 
 
 def get_descriptor(model_id: str) -> ModelDescriptor:

@@ -182,7 +182,13 @@ def test_tiled_damage_mask_agrees_with_the_whole_one(tmp_path: Path, monkeypatch
 def _restore_by_tasks(tmp_path: Path, name: str, stages: dict[str, dict], **cfg_fields):
     # Classical operators: the expected results below are computed with them.
     cfg_fields.setdefault(
-        "models", {"damage": "classical", "denoise": "classical", "upscale": "classical"}
+        "models",
+        {
+            "damage": "classical",
+            "denoise": "classical",
+            "inpaint": "classical",
+            "upscale": "classical",
+        },
     )
     cfg = RestoreConfig(
         source=str(tmp_path / "masters"),

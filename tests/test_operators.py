@@ -8,12 +8,14 @@ from daguerre.operators import CLASSICAL, identity, resolve_operators
 from daguerre.records import PIXEL_STAGES
 
 
-def test_every_stage_resolves_and_colorize_needs_a_model() -> None:
+def test_every_stage_resolves_and_face_needs_the_users_model() -> None:
     operators = resolve_operators(("denoise", "inpaint"), {}, "cpu")
     assert set(operators) == {*PIXEL_STAGES, "damage"}
-    assert operators["colorize"] is None
-    for stage in ("inpaint", "tone", "upscale"):
+    assert operators["face"] is None  # no shipped face model: bring GFPGAN or CodeFormer
+    for stage in ("inpaint", "tone", "upscale", "colorize"):
         assert operators[stage] is not None and operators[stage].stage == stage
+    assert operators["inpaint"].id == "daguerre-inpaint-s"  # the learned defaults
+    assert operators["colorize"].id == "daguerre-colorize-s"
 
 
 def test_classical_can_be_forced() -> None:

@@ -104,7 +104,8 @@ def test_grayscale_sample_records_colorize_skipped(restored) -> None:
         for step in r.steps
         if step.stage == "colorize"
     }
-    assert any(r and "no colorizer model" in r for r in reasons), reasons
+    # A colorizer ships, but colorization is an interpretation: opt-in (--steps ...,colorize).
+    assert any(r and "grayscale image, colorization not enabled" in r for r in reasons), reasons
 
 
 def test_bad_inputs_are_recorded_and_the_rest_goes_on(
