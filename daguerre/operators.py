@@ -197,9 +197,11 @@ class NlmDenoise(_Tiled):
     weights_sha256: str | None = None
     device: str = "cpu"
 
-    # A pixel's result depends on pixels within search/2 + template/2 of it.
+    # A pixel's result depends only on pixels within search/2 + template/2 of it: with that
+    # context tiles are exact, so they butt-join (a cross-fade only added overlap to denoise).
     requirements = TileRequirements(
         context=classical.NLM_SEARCH_WINDOW // 2 + classical.NLM_TEMPLATE_WINDOW // 2 + 2,
+        blend=0,
         tile=CLASSICAL_TILE,
     )
 
