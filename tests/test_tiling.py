@@ -407,3 +407,13 @@ def test_other_errors_propagate_and_oom_on_the_smallest_tile_too() -> None:
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         tile_array(img, always_oom, TileRequirements(context=8, blend=8), tile=64)
+
+
+def test_wide_tiles_make_row_strips_unless_a_bound_is_given() -> None:
+    req = TileRequirements(context=4, blend=0, tile=100, tile_width=400)
+    plan = plan_tiles(380, 250, req)
+    assert len(plan.cols) == 1 and len(plan.rows) == 3  # full-width strips
+    bounded = plan_tiles(380, 250, req, tile=100)
+    assert len(bounded.cols) > 1  # DAGUERRE_TILE / out-of-memory bounds hold on both sides
+    with pytest.raises(ValueError):
+        TileRequirements(tile_width=0)

@@ -89,6 +89,9 @@ class TileRequirements:
         allows; smaller images go through as they are and the operator pads).
     scale: output px per input px (1 for restoration, 2/4 for upscalers).
     tile: preferred longest read side in input px (memory and speed policy).
+    tile_width: preferred read width, for operators that run faster on wide reads (row
+        strips); None means `tile`. An explicit tile bound (DAGUERRE_TILE, out-of-memory
+        splits) applies to both sides.
     whole: the operator cannot be tiled; it gets the whole image as one tile.
     """
 
@@ -98,6 +101,7 @@ class TileRequirements:
     minimum: int = 1
     scale: int = 1
     tile: int = DEFAULT_TILE
+    tile_width: int | None = None
     whole: bool = False
 
     def __post_init__(self) -> None:
@@ -105,6 +109,8 @@ class TileRequirements:
             raise ValueError(f"context and blend must be >= 0: {self}")
         if self.multiple_of < 1 or self.minimum < 1 or self.scale < 1 or self.tile < 1:
             raise ValueError(f"multiple_of, minimum, scale and tile must be >= 1: {self}")
+        if self.tile_width is not None and self.tile_width < 1:
+            raise ValueError(f"tile_width must be >= 1: {self}")
 
     @property
     def smallest_tile(self) -> int:
@@ -258,8 +264,11 @@ class TilePlan:
 
 
 def plan_tiles(width: int, height: int, req: TileRequirements, tile: int | None = None) -> TilePlan:
-    """Plan the tiles of a width x height image for an operator's requirements."""
-    return TilePlan(width, height, req, plan_axis(height, req, tile), plan_axis(width, req, tile))
+    """Plan the tiles of a width x height image for an operator's requirements; `tile`, when
+    given, bounds both read sides (else req.tile the height, req.tile_width or req.tile the
+    width)."""
+    tile_x = tile if tile is not None else (req.tile_width or req.tile)
+    return TilePlan(width, height, req, plan_axis(height, req, tile), plan_axis(width, req, tile_x))
 
 
 # --------------------------------------------------------------------------- blending
