@@ -67,7 +67,13 @@ def make_scan(path: Path, size: int) -> None:
     )
 
 
-CLASSICAL_MODELS = {"damage": "classical", "denoise": "classical", "upscale": "classical"}
+# Every stage's classical operator (inpaint's default became a learned model in session 3).
+CLASSICAL_MODELS = {
+    "damage": "classical",
+    "denoise": "classical",
+    "inpaint": "classical",
+    "upscale": "classical",
+}
 
 
 def run_pipeline(master: Path, work: Path, store: bool, out: Path, operators: str) -> None:
