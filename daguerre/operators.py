@@ -695,7 +695,8 @@ def resolve_operators(
 ) -> dict[str, Operator | None]:
     """Pick the operator of every pixel stage: user's model, else shipped default, else classical.
 
-    `None` means the stage has no operator here (colorize with no colorizer model). The damage
+    `None` means the stage is not in `steps` or has no operator here (face with no face
+    model). The damage
     detector comes along under "damage" (so it is part of the configuration's identity). Loaded
     models are cached per process so a worker loads each weights file once.
     """
@@ -703,6 +704,10 @@ def resolve_operators(
 
     out: dict[str, Operator | None] = {}
     for stage in (*PIXEL_STAGES, DAMAGE):
+        if stage != DAMAGE and stage not in steps:
+            # Not run, so not loaded: a shipped colorizer must not cost every worker torch.
+            out[stage] = None
+            continue
         key = (stage, models.get(stage), device)
         with _cache_lock:
             if key not in _cache:
@@ -712,6 +717,19 @@ def resolve_operators(
 
 
 CLASSICAL_SPEC = "classical"
+
+
+def stage_available(stage: str, models: Mapping[str, str]) -> bool:
+    """Whether `stage` has an operator here (the user's model, a shipped one or a classical
+    one), without loading anything."""
+    from daguerre.models.registry import TASKS, default_for
+
+    spec = models.get(stage)
+    if spec is not None and spec != CLASSICAL_SPEC:
+        return True
+    if stage in CLASSICAL:
+        return True
+    return spec is None and stage in TASKS and default_for(stage) is not None
 
 
 def damage_detector(

@@ -11,7 +11,7 @@ import os
 import posixpath
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from daguerre.operators import (
     operator_for,
     resolve_operators,
     run_operator,
+    stage_available,
 )
 from daguerre.provenance_metadata import (
     build_xmp,
@@ -344,14 +345,14 @@ def inspect_master(source: str, key: str) -> list[AssetFacts]:
     return assets
 
 
-def plan_options(cfg: RestoreConfig, operators: Mapping[str, Any | None]) -> PlanOptions:
+def plan_options(cfg: RestoreConfig) -> PlanOptions:
     """The plan's options: the configuration's, and which model-only stages have a model."""
     return PlanOptions(
         steps=frozenset(cfg.steps),
         scale=cfg.scale,
         upscale_below_long_edge=cfg.upscale_below_long_edge,
-        colorizer_available=operators.get("colorize") is not None,
-        face_model_available=operators.get("face") is not None,
+        colorizer_available=stage_available("colorize", cfg.models),
+        face_model_available=stage_available("face", cfg.models),
     )
 
 
@@ -381,8 +382,7 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
         else:
             sink.discard()
         info = master.info
-    operators = resolve_operators(cfg.steps, cfg.models, cfg.device)
-    plan = plan_restoration(detection, plan_options(cfg, operators))
+    plan = plan_restoration(detection, plan_options(cfg))
     metrics = detection.to_metrics()
     metrics["mask_tiles"] = stats.tiles if stats else 0
     if info.pages > 1:

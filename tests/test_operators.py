@@ -9,9 +9,10 @@ from daguerre.records import PIXEL_STAGES
 
 
 def test_every_stage_resolves_and_face_needs_the_users_model() -> None:
-    operators = resolve_operators(("denoise", "inpaint"), {}, "cpu")
+    operators = resolve_operators(PIXEL_STAGES, {}, "cpu")
     assert set(operators) == {*PIXEL_STAGES, "damage"}
     assert operators["face"] is None  # no shipped face model: bring GFPGAN or CodeFormer
+    assert resolve_operators(("denoise",), {}, "cpu")["colorize"] is None  # not run: not loaded
     for stage in ("inpaint", "tone", "upscale", "colorize"):
         assert operators[stage] is not None and operators[stage].stage == stage
     assert operators["inpaint"].id == "daguerre-inpaint-s"  # the learned defaults
