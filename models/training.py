@@ -92,6 +92,10 @@ class Recipe:
     # A pixel is a damage target when the damage changed it by more than this (the degradation
     # module's mask threshold, VISIBLE_DELTA, is 0.03: faint edges that grain and JPEG bury).
     damage_min_delta: float = 0.03
+    # Damage is drawn on a clean crop this many times the patch side and the patch is cut from
+    # it, so scratch lengths, stain sizes and densities match those of whole photos; drawn on
+    # the patch itself, one stain could cover most of it.
+    damage_context: float = 2.0
     # upscale
     scale: int = 2
     realistic: bool = False  # False: bicubic-only protocol; True: blur + noise + JPEG too
@@ -304,9 +308,10 @@ def degrade_for_upscale(hr: np.ndarray, scale: int, rng: np.random.Generator) ->
 
 
 def degrade_for_damage(
-    clean: np.ndarray, rng: np.random.Generator, r: Recipe
+    clean: np.ndarray, rng: np.random.Generator, r: Recipe, patch: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(damaged image (P, P, 3) float32, damage mask (P, P) bool) for one clean patch.
+    """(damaged image (P, P, 3) float32, damage mask (P, P) bool) for one clean crop, cut to a
+    random `patch` x `patch` window after the damage is drawn (None: the whole crop).
 
     The old-photo chain (tone, optics, noise, JPEG) always runs, so fading, grain and blur are
     never damage; `clean_fraction` of the patches get no damage at all.
@@ -317,7 +322,12 @@ def degrade_for_damage(
     mask = out.damage_mask
     if out.damage_delta is not None and r.damage_min_delta > degrade.VISIBLE_DELTA:
         mask = mask & (out.damage_delta > r.damage_min_delta)
-    return _quantise(out.image), mask
+    image = _quantise(out.image)
+    if patch is not None and (clean.shape[0] > patch or clean.shape[1] > patch):
+        y = int(rng.integers(clean.shape[0] - patch + 1))
+        x = int(rng.integers(clean.shape[1] - patch + 1))
+        image, mask = image[y : y + patch, x : x + patch], mask[y : y + patch, x : x + patch]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
 def degrade_for_inpaint(
@@ -480,12 +490,18 @@ def _upscale_batch(
     return _to_channels(lr, r.in_channels), _to_channels(hr, r.in_channels)
 
 
+def _damage_canvas(r: Recipe) -> int:
+    """Side of the clean crop the damage is drawn on (see `Recipe.damage_context`)."""
+    return round(r.patch * max(1.0, r.damage_context))
+
+
 def _damage_batch(
     data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     images, masks = [], []
     for _ in range(r.batch_size):
-        img, mask = degrade_for_damage(data.patch(r.patch, rng), rng, r)
+        canvas = data.patch(_damage_canvas(r), rng)
+        img, mask = degrade_for_damage(canvas, rng, r, r.patch)
         images.append(img)
         masks.append(mask[:, :, None].astype(np.float32))
     x = _to_channels(_nchw(images, device), r.in_channels)
@@ -832,6 +848,8 @@ def train(
     if r.patch % PATCH_MULTIPLE.get(task, 1):
         raise ValueError(f"{task} training needs a patch multiple of {PATCH_MULTIPLE[task]}")
     min_side = r.patch * (r.scale if task == "upscale" else 1)
+    if task == "damage":
+        min_side = _damage_canvas(r)
     data = _Data(train_files, min_side)
     if not data.images:
         raise ValueError(f"no training image is at least {min_side} px on each side")

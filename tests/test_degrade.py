@@ -289,10 +289,30 @@ def test_damage_recipes_hold_out_colours_and_widths() -> None:
     train_cfg, held_out = dg.damage_training_config(), dg.damage_held_out_config()
     assert "tinted" not in train_cfg.scratch_colour_mode
     assert held_out.scratch_colour_mode == "tinted"
-    assert held_out.scratch_width[0] > train_cfg.scratch_width[1]
-    assert held_out.dust_size[0] >= train_cfg.dust_size[1]
+
+    def drawn_widths(spans: tuple) -> set[int]:  # scratches round their width to whole pixels
+        spans = spans if isinstance(spans[0], tuple) else (spans,)
+        return {max(1, round(v)) for lo, hi in spans for v in np.linspace(lo, hi, 101)}
+
+    held_widths = drawn_widths(held_out.scratch_width)
+    train_widths = drawn_widths(train_cfg.scratch_width)
+    assert not held_widths & train_widths
+    assert min(train_widths) < min(held_widths) and max(train_widths) > max(held_widths)
+    lo, hi = held_out.dust_size
+    for t_lo, t_hi in train_cfg.dust_size:  # type: ignore[misc]
+        assert t_hi < lo or t_lo > hi
+    # widths from a union of ranges land in those ranges only, both used
+    rng = np.random.default_rng(1)
+    draws = np.array([dg._draw(rng, ((1.0, 2.0), (7.0, 9.0))) for _ in range(400)])
+    assert (((draws >= 1) & (draws <= 2)) | ((draws >= 7) & (draws <= 9))).all()
+    assert 0.15 < (draws < 5).mean() < 0.55
+    with pytest.raises(ValueError):
+        dg.DegradationConfig(scratch_width=((1.0, 2.0), (9.0, 7.0)))
     none = dg.undamaged_config()
     img = np.full((64, 64, 3), 0.5, np.float32)
     assert not dg.degrade(img, np.random.default_rng(0), none).damage_mask.any()
     out, mask = dg.scratches(img, np.random.default_rng(0), 4, colour_mode="bright|dark")
     assert mask.any() and out.shape == img.shape
+    out, mask = dg.scratches(img, np.random.default_rng(0), 4, (7.0, 9.0), (1.0, 1.0), "shifted")
+    change = (out - img)[mask]
+    assert mask.any() and np.abs(change).max() >= 0.19  # coloured shifts of at least 0.2

@@ -18,6 +18,7 @@ patch goes through the whole default chain in a few milliseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any, Literal
@@ -61,7 +62,7 @@ __all__ = [
 VISIBLE_DELTA = 0.03
 
 # Or several modes joined by "|" ("bright|dark"): each item picks one of them.
-ColourMode = Literal["mixed", "bright", "dark", "relative", "tinted"] | str
+ColourMode = Literal["mixed", "bright", "dark", "relative", "shifted", "tinted"] | str
 ResizeMethod = Literal["bicubic", "bilinear", "lanczos", "area", "nearest"]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec.601, as in cv2/PIL "L"
@@ -101,6 +102,16 @@ def _luma(img: np.ndarray) -> np.ndarray:
 def _rgb(img: np.ndarray) -> np.ndarray:
     """An (H, W, 3) view/copy of an image (grey is repeated)."""
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def _draw(rng: np.random.Generator, ranges: Range | Sequence[Range]) -> float:
+    """Uniform over one (low, high) range, or over the union of several (picked by length)."""
+    if len(ranges) == 2 and all(isinstance(v, int | float) for v in ranges):
+        return float(rng.uniform(*ranges))  # type: ignore[arg-type]
+    spans = [r for r in ranges if isinstance(r, tuple | list)]
+    lengths = np.array([hi - lo for lo, hi in spans], np.float64)
+    pick = int(rng.choice(len(spans), p=lengths / lengths.sum())) if lengths.sum() > 0 else 0
+    return float(rng.uniform(*spans[pick]))
 
 
 def _smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -532,6 +543,9 @@ def _pick_colour(
     elif mode == "relative":
         sign = 1.0 if rng.random() < 0.5 else -1.0
         delta = sign * rng.uniform(0.2, 0.6) * (1.0 + rng.normal(0.0, 0.1, 3))
+    elif mode == "shifted":  # background shifted per channel: coloured, and follows the picture
+        delta = rng.uniform(-0.6, 0.6, 3)
+        delta *= max(1.0, 0.2 / max(float(np.abs(delta).max()), 1e-6))
     else:
         raise ValueError(f"unknown colour mode {mode!r}")
     if colour is not None:
@@ -584,7 +598,7 @@ def scratches(
     img: np.ndarray,
     rng: np.random.Generator,
     count: int = 3,
-    width_range: tuple[float, float] = (1.0, 4.0),
+    width_range: Range | Sequence[Range] = (1.0, 4.0),
     opacity_range: tuple[float, float] = (0.35, 1.0),
     colour_mode: ColourMode = "mixed",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -595,8 +609,10 @@ def scratches(
     (``opacity_range`` in [0, 1]), blur (sharp to 1.2 px), opacity that fades in and out along
     its length, and colour. ``colour_mode``: "bright" (emulsion scratched off a print, 0.7-1),
     "dark" (0-0.3), "relative" (background shifted by +-0.2-0.6, so it follows the picture),
-    "tinted" (random hue, like a scratch through a dye layer) or "mixed" (each scratch picks one);
-    several modes joined by "|" make each scratch pick one of those.
+    "shifted" (background shifted by up to +-0.6 per channel: a coloured relative change),
+    "tinted" (random hue, like a scratch through a dye layer) or "mixed" (each scratch picks one
+    of bright, dark, relative and tinted); several modes joined by "|" make each scratch pick
+    one of those. ``width_range`` may also be several ranges: a width is drawn from their union.
 
     Returns (image, mask): mask (H, W) bool of the pixels visibly changed.
     """
@@ -614,7 +630,7 @@ def scratches(
         pts = _curve(
             rng, (rng.uniform(0, w), rng.uniform(0, h)), length, angle, bend, rng.uniform(0, 0.05)
         )
-        thickness = max(1, round(rng.uniform(*width_range)))
+        thickness = max(1, round(_draw(rng, width_range)))
         blur = 0.0 if rng.random() < 0.4 else rng.uniform(0.3, 1.2)
         opacity = rng.uniform(*opacity_range)
         fades = rng.random() < 0.5
@@ -647,7 +663,7 @@ def dust(
     img: np.ndarray,
     rng: np.random.Generator,
     count: int = 30,
-    size_range: tuple[float, float] = (0.5, 4.0),
+    size_range: Range | Sequence[Range] = (0.5, 4.0),
     hair_fraction: float = 0.2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dust specks and short hairs, bright (dust on the negative) or dark (dust on the print or
@@ -667,14 +683,14 @@ def dust(
         centre = (rng.uniform(0, w), rng.uniform(0, h))
         opacity = rng.uniform(0.55, 1.0)
         if rng.random() < hair_fraction:
-            size = max(1.5, rng.uniform(*size_range))
+            size = max(1.5, _draw(rng, size_range))
             length = float(np.clip(size * rng.uniform(4.0, 12.0), 6.0, 40.0))
             pts = _curve(rng, centre, length, rng.uniform(0, 2 * np.pi), rng.uniform(-4, 4), 0.15)
             thickness = 1 if rng.random() < 0.8 else 2
             blur = 0.0 if rng.random() < 0.5 else rng.uniform(0.3, 0.7)
             drawn = _local_alpha([pts], h, w, thickness, blur)
         else:
-            size = rng.uniform(*size_range)
+            size = _draw(rng, size_range)
             polys = [_blob(rng, centre, max(size, 0.6))]
             if rng.random() < 0.15:  # a small cluster of grains
                 for _ in range(int(rng.integers(1, 4))):
@@ -932,12 +948,12 @@ class DegradationConfig:
     p_tears_folds: float = 0.08
     p_scratches: float = 0.4
     scratch_density: Range = (0.5, 4.0)
-    scratch_width: Range = (1.0, 4.0)
+    scratch_width: Range | tuple[Range, ...] = (1.0, 4.0)
     scratch_opacity: Range = (0.35, 1.0)
     scratch_colour_mode: str = "mixed"
     p_dust: float = 0.5
     dust_density: Range = (3.0, 40.0)
-    dust_size: Range = (0.5, 4.0)
+    dust_size: Range | tuple[Range, ...] = (0.5, 4.0)
     # noise and compression
     p_grain: float = 0.5
     grain_strength: Range = (0.015, 0.07)
@@ -954,13 +970,19 @@ class DegradationConfig:
             value = getattr(self, f.name)
             if f.name.startswith("p_") and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{f.name} must be in [0, 1], got {value}")
-            if (
-                isinstance(value, tuple)
-                and len(value) == 2
-                and all(isinstance(v, int | float) for v in value)
-                and value[0] > value[1]
-            ):
-                raise ValueError(f"{f.name} must be (low, high), got {value}")
+            spans = (
+                value
+                if isinstance(value, tuple) and value and isinstance(value[0], tuple)
+                else (value,)
+            )
+            for span in spans:
+                if (
+                    isinstance(span, tuple)
+                    and len(span) == 2
+                    and all(isinstance(v, int | float) for v in span)
+                    and span[0] > span[1]
+                ):
+                    raise ValueError(f"{f.name} must be (low, high), got {value}")
 
     @classmethod
     def old_photo(cls) -> DegradationConfig:
@@ -1138,25 +1160,32 @@ def degrade(
 
 # Scratch colours and widths, and dust sizes, that the detector's training never sees: the
 # benchmark draws its damage from these, so a model that learned a few colours instead of
-# shapes fails there.
+# shapes fails there. Training draws widths and sizes on both sides of the held-out band (a
+# detector must generalise across widths, not only below the widest it saw), and colours only
+# relative to the background: absolute tinted colours are never drawn.
 HELD_OUT_SCRATCH_COLOURS = "tinted"
-HELD_OUT_SCRATCH_WIDTH: Range = (4.6, 6.4)
+HELD_OUT_SCRATCH_WIDTH: Range = (4.6, 6.4)  # drawn widths round to 5 or 6 px
 HELD_OUT_DUST_SIZE: Range = (4.0, 6.0)
+TRAINING_SCRATCH_WIDTH: tuple[Range, ...] = ((1.0, 4.4), (6.6, 9.4))  # 1-4 and 7-9 px
+TRAINING_DUST_SIZE: tuple[Range, ...] = ((0.5, 3.8), (6.2, 8.0))
 
 
 def damage_training_config() -> DegradationConfig:
     """The damage detector's training chain: the old-photo chain with damage on most images.
 
-    Scratches are bright, dark or relative to the background (tinted ones are held out), 1-4
-    px wide; dust 0.5-4 px; stains, folds and tears as in the default chain, more often.
+    Scratches are bright, dark, or shifted relative to the background in brightness or colour
+    (absolute tinted colours are held out), 1-4 or 7-9 px wide; dust 0.5-3.8 or 6.2-8 px; stains,
+    folds and tears as in the default chain, more often.
     """
     return replace(
         DegradationConfig(),
         p_stains=0.3,
         p_tears_folds=0.12,
         p_scratches=0.65,
-        scratch_colour_mode="bright|dark|relative",
+        scratch_width=TRAINING_SCRATCH_WIDTH,
+        scratch_colour_mode="bright|dark|relative|shifted",
         p_dust=0.65,
+        dust_size=TRAINING_DUST_SIZE,
     )
 
 
