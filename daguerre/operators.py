@@ -133,16 +133,14 @@ class Operator(Protocol):
 
 def identity(op: Operator) -> str:
     """Compact identity used in the configuration hash."""
-    if isinstance(op, UpscaleChoice):
+    if isinstance(op, OperatorChoice):
         return op.identity()
     return f"{op.id}@{op.version}" + (f"#{op.weights_sha256}" if op.weights_sha256 else "")
 
 
 def operator_for(op: Operator, params: Mapping[str, Any]) -> Operator:
-    """The operator that runs these plan parameters (an UpscaleChoice picks by factor)."""
-    if isinstance(op, UpscaleChoice):
-        return op.select(int(params.get("scale", 2)))
-    return op
+    """The operator that runs these plan parameters (an OperatorChoice picks one)."""
+    return op.select(params) if isinstance(op, OperatorChoice) else op
 
 
 def run_operator(
@@ -301,29 +299,44 @@ class LanczosUpscale(_Tiled):
 
 
 @dataclass
-class UpscaleChoice(_Tiled):
-    """The upscale stage when models serve some factors: each factor's model, else Lanczos.
+class OperatorChoice(_Tiled):
+    """A stage served by several operators, one picked per image by an integer plan parameter:
+    the upscale factor (each factor's model, Lanczos for the others) or the number of bands the
+    denoiser gets (a grey model for one-band masters, the colour one for the rest).
 
-    The plan picks the factor per image (x2 or x4); the step records the operator that ran.
+    The step records the operator that ran (`operator_for`), never the choice itself.
     """
 
-    by_scale: dict[int, Operator]
-    fallback: Operator = field(default_factory=LanczosUpscale)
-    stage: str = "upscale"
-    id: str = "daguerre.upscale-by-factor"
+    stage: str
+    param: str  # the plan parameter that picks
+    default: int  # its value where the plan does not give one
+    label: str  # identity prefix of each value: "x" gives "x2=..."
+    by_value: dict[int, Operator]
+    fallback: Operator
+    id: str = "daguerre.operator-choice"
     version: str = __version__
     weights_sha256: str | None = None
     device: str = "cpu"
 
-    def select(self, scale: int) -> Operator:
-        return self.by_scale.get(scale, self.fallback)
+    def select(self, params: Mapping[str, Any]) -> Operator:
+        return self.by_value.get(int(params.get(self.param, self.default)), self.fallback)
 
     def identity(self) -> str:
-        parts = [f"x{s}={identity(op)}" for s, op in sorted(self.by_scale.items())]
+        parts = [f"{self.label}{v}={identity(op)}" for v, op in sorted(self.by_value.items())]
         return ";".join([*parts, f"else={identity(self.fallback)}"])
 
     def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
-        return self.select(int(params.get("scale", 2))).prepare(source, params, ctx)
+        return self.select(params).prepare(source, params, ctx)
+
+
+def upscale_choice(by_scale: dict[int, Operator]) -> OperatorChoice:
+    """The upscale stage when models serve some factors: each factor's model, else Lanczos."""
+    return OperatorChoice("upscale", "scale", 2, "x", by_scale, LanczosUpscale())
+
+
+def denoise_choice(colour: Operator, grey: Operator) -> OperatorChoice:
+    """The denoise stage with a grey model: it serves one-band masters, `colour` the rest."""
+    return OperatorChoice("denoise", "bands", 3, "bands", {1: grey}, colour)
 
 
 # --------------------------------------------------------------------------- damage detectors
@@ -770,7 +783,11 @@ def _make_operator(stage: str, user_spec: str | None, device: str) -> Any:
         # Only now: torch costs ~0.5 GB of memory, classical stages need none of it.
         from daguerre.models.loading import load_model
 
-        return LearnedOperator(stage, load_model(default, device=device))
+        op = LearnedOperator(stage, load_model(default, device=device))
+        grey = default_for(task_name, in_channels=1) if stage == "denoise" else None
+        if grey is not None and grey is not default:
+            return denoise_choice(op, LearnedOperator(stage, load_model(grey, device=device)))
+        return op
     cls = CLASSICAL.get(stage)
     return cls() if cls is not None else None
 
@@ -790,7 +807,7 @@ def _upscale_operator(
             by_scale[scale] = LearnedOperator("upscale", load_model(descriptor, device=device))
     if user_op is not None:
         by_scale[int(user_op.model.scale)] = user_op
-    return UpscaleChoice(by_scale) if by_scale else LanczosUpscale()
+    return upscale_choice(by_scale) if by_scale else LanczosUpscale()
 
 
 def _damage_detector(user_spec: str | None, device: str) -> ClassicalDamage | LearnedDamage:

@@ -328,12 +328,22 @@ def get_descriptor(model_id: str) -> ModelDescriptor:
     raise KeyError(f"no shipped model {model_id!r} (shipped: {known})")
 
 
-def default_for(task: str, scale: int | None = None) -> ModelDescriptor | None:
-    """The default shipped model of a task (at this scale, if given), or None if there is none."""
+def default_for(
+    task: str, scale: int | None = None, in_channels: int | None = None
+) -> ModelDescriptor | None:
+    """The default shipped model of a task (at this scale, for inputs of this many channels, if
+    given), or None if there is none."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     return next(
-        (d for d in SHIPPED if d.task == task and (scale is None or d.scale == scale)), None
+        (
+            d
+            for d in SHIPPED
+            if d.task == task
+            and (scale is None or d.scale == scale)
+            and (in_channels is None or d.in_channels == in_channels)
+        ),
+        None,
     )
 
 

@@ -264,7 +264,9 @@ def degrade_for_denoise(
     probability `grey_fraction` the patch becomes grey with the same noise on its 3 channels.
     Noisy inputs are clipped and quantised to 8 bits with probability `clip_fraction`.
     """
-    same = rng.random() < r.grey_fraction
+    # A grey net (in_channels 1) trains on grey patches only: averaging independent RGB noise
+    # would shrink its sigma by sqrt(3).
+    same = r.in_channels == 1 or rng.random() < r.grey_fraction
     base = _grey(clean) if same else clean  # grey: degrade one channel, then replicate
     u = rng.random()
     if u < r.poisson_fraction:

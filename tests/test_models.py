@@ -111,6 +111,9 @@ def test_registry_lookups() -> None:
     for task in registry.TASKS:
         d = registry.default_for(task)
         assert d is None or (d.task == task and d in registry.SHIPPED)
+        for channels in (1, 3):
+            d = registry.default_for(task, in_channels=channels)
+            assert d is None or (d.task == task and d.in_channels == channels)
     assert isinstance(registry.SHIPPED, tuple)
 
 
@@ -173,6 +176,19 @@ def test_default_denoiser_matches_the_measured_recipe() -> None:
     model = get_architecture(denoise_arch.ARCH_NAME).build()
     n = sum(p.numel() for p in model.parameters())
     assert 380_000 < n < 390_000  # ENVIRONMENT.md: 384k parameters, 12 layers of 64
+
+
+def test_grey_denoiser_from_colour_is_exact_on_grey() -> None:
+    torch.manual_seed(0)
+    colour = denoise_arch.FFDNetLike(in_channels=3, channels=8, layers=4).eval()
+    grey = denoise_arch.load(denoise_arch.grey_from_colour(colour.state_dict())).eval()
+    assert grey.in_channels == 1
+    x, sigma = torch.rand(2, 1, 10, 12), torch.tensor([0.05, 0.2])
+    with torch.no_grad():
+        expected = colour(x.expand(-1, 3, -1, -1), sigma).mean(dim=1, keepdim=True)
+        torch.testing.assert_close(grey(x, sigma), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="colour"):
+        denoise_arch.grey_from_colour(grey.state_dict())
 
 
 def test_our_descriptor_loads_verified(tmp_path, monkeypatch) -> None:

@@ -33,10 +33,10 @@ def test_classical_colorizer_does_not_exist() -> None:
 def test_upscale_choice_picks_the_model_of_each_factor() -> None:
     import numpy as np
 
-    from daguerre.operators import LanczosUpscale, StageContext, UpscaleChoice, operator_for
+    from daguerre.operators import LanczosUpscale, StageContext, operator_for, upscale_choice
 
     x2 = LanczosUpscale(id="x2-model")
-    choice = UpscaleChoice({2: x2})
+    choice = upscale_choice({2: x2})
     assert operator_for(choice, {"scale": 2}) is x2
     assert isinstance(operator_for(choice, {"scale": 4}), LanczosUpscale)
     assert operator_for(choice, {"scale": 4}) is not x2
@@ -45,6 +45,19 @@ def test_upscale_choice_picks_the_model_of_each_factor() -> None:
     )
     out = choice.apply(np.zeros((5, 6, 3), np.float32), {"scale": 4}, StageContext())
     assert out.pixels.shape == (20, 24, 3)
+
+
+def test_denoise_choice_gives_one_band_masters_the_grey_model() -> None:
+    from daguerre.operators import NlmDenoise, denoise_choice, operator_for
+
+    colour, grey = NlmDenoise(id="colour-model"), NlmDenoise(id="grey-model")
+    choice = denoise_choice(colour, grey)
+    assert operator_for(choice, {"bands": 1}) is grey
+    assert operator_for(choice, {"bands": 3}) is colour
+    assert operator_for(choice, {"sigma": 9.0}) is colour  # plans from before bands were known
+    assert identity(choice).startswith("bands1=grey-model@") and ";else=colour-model@" in (
+        identity(choice)
+    )
 
 
 def _random_damage_model(path) -> str:

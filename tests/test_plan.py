@@ -89,6 +89,11 @@ def test_denoise_defaults_to_8_bit_without_header():
     assert decision.params["bit_depth"] == 8
 
 
+def test_denoise_passes_the_band_count_on():
+    assert plan_restoration(_det(bands=1), PlanOptions())["denoise"].params["bands"] == 1
+    assert "bands" not in plan_restoration(_det(), PlanOptions())["denoise"].params
+
+
 # ----------------------------------------------------------------------------- inpaint
 
 

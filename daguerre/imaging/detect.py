@@ -596,6 +596,7 @@ class Detection:
     damage_coverage: float  # fraction of pixels in damage_mask
     faces: list[tuple[int, int, int, int]]
     bit_depth: int | None = None
+    bands: int | None = None  # colour bands of the pixels analysed (1 grey, 3 RGB)
     damage_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -615,6 +616,7 @@ class Detection:
             "height": int(self.height),
             "ppi": None if self.ppi is None else float(self.ppi),
             "bit_depth": None if self.bit_depth is None else int(self.bit_depth),
+            "bands": None if self.bands is None else int(self.bands),
             "damage_coverage": float(self.damage_coverage),
             "faces": [[int(v) for v in box] for box in self.faces],
         }
@@ -641,5 +643,6 @@ def detect(pixels: np.ndarray, info: ImageInfo | None = None) -> Detection:
         damage_coverage=float(mask.mean()) if mask.size else 0.0,
         faces=detect_faces(pixels),
         bit_depth=info.bit_depth if info is not None else None,
+        bands=int(pixels.shape[2]),
         damage_mask=mask,
     )

@@ -397,6 +397,7 @@ def detect_source(
         damage_coverage=masked / total if total else 0.0,
         faces=sorted(faces),
         bit_depth=info.bit_depth if info is not None else None,
+        bands=int(source.bands),
         damage_mask=None,
     )
     return detection, stats

@@ -74,6 +74,8 @@ def _denoise(det: Detection, opts: PlanOptions) -> StageDecision:
     shown = f"estimated noise sigma {sigma:.{digits}f}"
     if sigma >= limit:
         params = {"sigma": round(sigma, 4), "bit_depth": det.bit_depth or 8}
+        if det.bands is not None:  # a grey model, where one ships, serves one-band masters
+            params["bands"] = int(det.bands)
         reason = f"{shown} >= {limit:.{digits}f}"
         return StageDecision("denoise", True, reason, params)
     reason = f"{shown} below {limit:.{digits}f}"

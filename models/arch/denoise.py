@@ -109,6 +109,27 @@ def hyperparameters_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[st
     }
 
 
+def grey_from_colour(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A 1-channel net's state dict that computes, on a grey image, the mean over channels of
+    what the colour net computes on that image repeated into 3 channels.
+
+    Pixel-unshuffle puts colour c at sub-pixel p into channel 4c + p: the head's weights of the
+    three colours of each sub-pixel are summed (they see the same value), the noise-level
+    channel is kept, and the tail's three outputs per sub-pixel are averaged. A warm start for
+    a grey-only model (FFDNet, too, ships separate grey and colour nets).
+    """
+    hp = hyperparameters_from_state_dict(state_dict)
+    if hp["in_channels"] != 3:
+        raise ValueError(f"expected a colour (3-channel) net, got {hp['in_channels']} channels")
+    grey = {k: v.clone() for k, v in state_dict.items()}
+    head = state_dict["head.weight"]
+    grey["head.weight"] = torch.cat([head[:, 0:4] + head[:, 4:8] + head[:, 8:12], head[:, 12:]], 1)
+    tail_w, tail_b = state_dict["tail.weight"], state_dict["tail.bias"]
+    grey["tail.weight"] = (tail_w[0:4] + tail_w[4:8] + tail_w[8:12]) / 3
+    grey["tail.bias"] = (tail_b[0:4] + tail_b[4:8] + tail_b[8:12]) / 3
+    return grey
+
+
 def load(state_dict: Mapping[str, Tensor]) -> FFDNetLike:
     """Build the net from a state dict (strict: every tensor must match)."""
     model = FFDNetLike(**hyperparameters_from_state_dict(state_dict))
