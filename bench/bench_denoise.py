@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/bench_denoise.py \
         --weights models/weights/daguerre-denoise-s.safetensors \
+        [--grey-weights models/weights/daguerre-denoise-grey-s.safetensors] \
         [--sets BSD68,Set12,CBSD68] [--sigmas 15,25,50] [--bm3d-images 5] [--threads 2]
 
 Protocol (../shared/datasets/README.md): clean uint8 image scaled to [0, 1]; per image, seed 0,
 then add N(0, (sigma/255)^2) noise; the noisy input is not clipped; PSNR of the uint8 result, no
 border cut; colour results are RGB PSNR. Every method sees the same noisy images in the same run.
 Our model gets the true sigma (non-blind, as FFDNet is reported) and, separately, the sigma that
-detection estimates (blind, as the pipeline runs it). BM3D is slow (about 12 s per image here),
+detection estimates (blind, as the pipeline runs it). With --grey-weights, grey images go to
+that model, as the pipeline sends one-band masters to a shipped grey model; the colour model's
+scores on them are kept beside ("colour_model"). BM3D is slow (about 12 s per image here),
 so it runs on the first N images of each set; the other methods are also reported on that subset.
 """
 
@@ -48,6 +51,7 @@ def noisy_version(clean: np.ndarray, sigma: float) -> np.ndarray:
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--grey-weights", type=Path, default=None)
     parser.add_argument("--sets", default="BSD68,Set12,CBSD68")
     parser.add_argument("--sigmas", default="15,25,50")
     parser.add_argument("--bm3d-images", type=int, default=5)
@@ -61,13 +65,21 @@ def main() -> None:
     from daguerre.imaging.detect import estimate_noise_sigma
     from daguerre.models.loading import load_user_model
 
-    model = load_user_model("denoise", str(args.weights), device="cpu")
+    colour = load_user_model("denoise", str(args.weights), device="cpu")
+    grey = None
+    if args.grey_weights is not None:
+        grey = load_user_model("denoise", str(args.grey_weights), device="cpu")
     try:
         import bm3d
     except ImportError:  # the `bench` extra
         bm3d = None
 
-    results: dict = {"weights_sha256": model.weights_sha256, "model_id": model.model_id, "sets": {}}
+    results: dict = {
+        "weights_sha256": colour.weights_sha256,
+        "model_id": colour.model_id,
+        "grey_weights_sha256": grey.weights_sha256 if grey is not None else None,
+        "sets": {},
+    }
     speeds = Speeds(("model", "nlm", "bm3d"))
     for set_name in args.sets.split(","):
         images = load_test_set(set_name, args.limit, SUFFIXES, skip_unreadable=True)
@@ -78,6 +90,7 @@ def main() -> None:
                     "noisy",
                     "model",
                     "model_blind",
+                    "colour_model",
                     "nlm",
                     "nlm_sub",
                     "model_sub",
@@ -88,6 +101,11 @@ def main() -> None:
                 noisy = noisy_version(clean, sigma)
                 mp = megapixels(clean)
                 rows["noisy"].append(psnr_uint8(clean, np.clip(noisy, 0, 1)))
+                model = grey if grey is not None and clean.shape[2] == 1 else colour
+                if model is not colour:
+                    rows["colour_model"].append(
+                        psnr_uint8(clean, colour.run(noisy, noise_sigma=sigma))
+                    )
                 with speeds.timing("model", mp):
                     out = model.run(noisy, noise_sigma=sigma)
                 rows["model"].append(psnr_uint8(clean, out))
