@@ -73,13 +73,15 @@ def main() -> None:
     args = parser.parse_args()
 
     set_threads(args.threads)
-    from daguerre.operators import DAMAGE_THRESHOLD
+    from daguerre.operators import LearnedDamage
 
     detectors: dict[str, Detector] = {"classical": damage_mask}
-    results: dict = {"models": {}, "sets": {}, "threshold": DAMAGE_THRESHOLD}
+    results: dict = {"models": {}, "sets": {}}
     for label, (model, path) in load_models("damage", args.model).items():
-        results["models"][label] = model_record(model, path)
-        detectors[label] = lambda img, m=model: m.run(img)[:, :, 0] > DAMAGE_THRESHOLD
+        # The pipeline's threshold: the one calibrated in training, else 0.5.
+        threshold = float(LearnedDamage(model).threshold or 0.5)
+        results["models"][label] = model_record(model, path, threshold=threshold)
+        detectors[label] = lambda img, m=model, t=threshold: m.run(img)[:, :, 0] > t
 
     recipes = {
         "held-out": dg.damage_held_out_config(),

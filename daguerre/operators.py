@@ -381,7 +381,7 @@ class LearnedDamage:
     context covers the receptive field, and a thresholded mask cannot be cross-faded."""
 
     model: Any  # daguerre.models.loading.LoadedModel
-    threshold: float = DAMAGE_THRESHOLD
+    threshold: float | None = None  # None: the model's calibrated one, else DAMAGE_THRESHOLD
     stage: str = DAMAGE
     id: str = ""
     version: str = ""
@@ -390,12 +390,16 @@ class LearnedDamage:
 
     def __post_init__(self) -> None:
         _take_identity(self, self.model)
+        if self.threshold is None:
+            calibrated = getattr(self.model, "decision_threshold", None)
+            self.threshold = DAMAGE_THRESHOLD if calibrated is None else float(calibrated)
 
     def mask_job(self) -> tuple[TileRequirements, MaskFn]:
         req = replace(model_requirements(self.model), blend=0)
+        threshold = float(self.threshold or DAMAGE_THRESHOLD)
 
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            return self.model.run(pixels)[:, :, 0] > self.threshold
+            return self.model.run(pixels)[:, :, 0] > threshold
 
         return req, fn
 

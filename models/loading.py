@@ -115,6 +115,19 @@ def _is_safetensors(data: bytes) -> bool:
     return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
 
 
+def _trainer_metadata(data: bytes) -> dict[str, Any]:
+    """What `daguerre train` wrote into a safetensors file's metadata ({} for anything else)."""
+    if not _is_safetensors(data):
+        return {}
+    (n,) = struct.unpack("<Q", data[:8])
+    try:
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        info = json.loads(meta.get("daguerre", "{}"))
+    except (ValueError, AttributeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def _load_bytes(data: bytes, name: str) -> dict[str, Tensor]:
     if _is_safetensors(data):
         from safetensors.torch import load as load_safetensors
@@ -243,6 +256,7 @@ class LoadedModel:
         needs_mask: bool = False,
         source: str | None = None,
         fixed_size: int | None = None,
+        decision_threshold: float | None = None,
     ) -> None:
         self.module = module
         self._forward = forward
@@ -262,6 +276,8 @@ class LoadedModel:
         self.needs_mask = needs_mask
         self.source = source
         self.fixed_size = fixed_size
+        # damage models: the probability above which a pixel is damage, calibrated in training
+        self.decision_threshold = decision_threshold
 
     def __repr__(self) -> str:
         return (
@@ -370,7 +386,10 @@ def _ours(
     device: torch.device,
     descriptor: ModelDescriptor | None,
     source: str | None,
+    trained_with: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
+    """`trained_with`: what our trainer wrote into a user's weights file (`_trainer_metadata`)."""
+    trained_with = trained_with or {}
     hp = arch.hyperparameters_from_state_dict(state_dict)
     if descriptor is not None:
         wanted = {k: descriptor.hyperparameters[k] for k in hp if k in descriptor.hyperparameters}
@@ -427,6 +446,7 @@ def _ours(
             takes_noise_level=d.takes_noise_level,
             device=device,
             needs_mask=arch.task == "inpaint",
+            decision_threshold=d.decision_threshold,
         )
     return LoadedModel(
         module=module,
@@ -447,6 +467,7 @@ def _ours(
         device=device,
         needs_mask=arch.task == "inpaint",
         source=source,
+        decision_threshold=trained_with.get("decision_threshold"),
     )
 
 
@@ -496,7 +517,15 @@ def load_user_model(
     if ours is not None:
         if ours.task != task:
             raise WeightsError(f"{source}: a {ours.task} model ({ours.name}), not a {task} model")
-        model = _ours(ours, state_dict, sha=sha, device=dev, descriptor=None, source=source)
+        model = _ours(
+            ours,
+            state_dict,
+            sha=sha,
+            device=dev,
+            descriptor=None,
+            source=source,
+            trained_with=_trainer_metadata(data),
+        )
     else:
         model = _spandrel(task, state_dict, sha=sha, device=dev, source=source)
     if scale is not None and model.scale != scale:

@@ -73,6 +73,9 @@ class ModelDescriptor:
     training: Mapping[str, Any] = field(default_factory=dict, hash=False)
     hyperparameters: Mapping[str, Any] = field(default_factory=dict, hash=False)
     takes_noise_level: bool = False
+    # damage models: the probability above which a pixel is damage (None: 0.5), calibrated on
+    # validation images so that undamaged photos are left almost unmarked
+    decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
         # Freeze the two mappings so a descriptor cannot be changed through them either.
@@ -105,6 +108,10 @@ def descriptor_problems(d: ModelDescriptor) -> list[str]:
         problems.append(f"tiling {d.tiling!r} not in {TILING_MODES}")
     if d.receptive_overlap < 0:
         problems.append("receptive_overlap must be >= 0")
+    if d.decision_threshold is not None and (
+        d.task != "damage" or not 0.0 < d.decision_threshold < 1.0
+    ):
+        problems.append("decision_threshold is a damage model's probability in (0, 1)")
     if (d.weights_file is None) != (d.weights_sha256 is None):
         problems.append("weights_file and weights_sha256 go together")
     if d.weights_sha256 is not None and (

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,9 @@ PATCH_MULTIPLE = {
     "colorize": colorize_arch.MULTIPLE_OF,
 }
 CARD_VERSION = 1
+# Issue 7's limit for a damage detector: at most 0.3% of an undamaged photo's pixels marked.
+# Inpainting smears every marked pixel, so the decision threshold is calibrated to it.
+DAMAGE_MARK_BUDGET = 0.003
 
 
 @dataclass
@@ -625,6 +628,51 @@ def _psnr(a: Tensor, b: Tensor) -> float:
     return 99.0 if mse <= 1e-12 else 10 * math.log10(1.0 / mse)
 
 
+@torch.inference_mode()
+def calibrate_damage_threshold(
+    model: nn.Module,
+    files: Sequence[Path],
+    device: torch.device,
+    budget: float = DAMAGE_MARK_BUDGET,
+    versions: int = 2,
+) -> dict[str, Any]:
+    """The damage probability above which a pixel counts as damage: the smallest threshold, and
+    never below 0.5, that marks at most `budget` of the pixels of undamaged validation photos
+    aged by the old-photo chain (fading, blur, grain, noise, JPEG; `versions` per photo).
+
+    Validation photos only (never a test set): the threshold ships with the weights.
+    """
+    was_training = model.training
+    model.eval()
+    multiple = PATCH_MULTIPLE["damage"]
+    probabilities = []
+    for index, path in enumerate(files):
+        img = _to_float(read_image(path))
+        img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+        h, w = img.shape[0] - img.shape[0] % multiple, img.shape[1] - img.shape[1] % multiple
+        for version in range(versions):
+            rng = np.random.default_rng([index, version, 11])
+            aged = degrade.degrade(img[:h, :w], rng, degrade.undamaged_config()).image
+            x = _nchw([_quantise(aged)], device)
+            probabilities.append(torch.sigmoid(model(x)).flatten().float().cpu().numpy())
+    model.train(was_training)
+    if not probabilities:
+        return {}
+    p = np.concatenate(probabilities)
+    quantile = float(np.quantile(p, 1.0 - budget))
+    threshold = min(0.999, max(0.5, math.ceil(quantile * 1000) / 1000))
+    return {
+        "decision_threshold": threshold,
+        "mark_budget": budget,
+        "marked_at_threshold": round(float((p > threshold).mean()), 5),
+        "marked_at_0.5": round(float((p > 0.5).mean()), 5),
+        "images": len(files),
+        "versions": versions,
+        "protocol": "validation photos through the old-photo chain without damage, seeds "
+        "[index, version, 11]",
+    }
+
+
 class _Validation:
     """Fixed validation crops (one centre crop per val file) and the task's protocol.
 
@@ -977,7 +1025,9 @@ def train(
         bar.stop()
         torch.set_num_threads(threads_before)
 
-    weights_sha = _write_weights(out, model, task, arch.name, hp)
+    calibration = calibrate_damage_threshold(model, val_files, dev) if task == "damage" else {}
+    shipped_facts = {"decision_threshold": calibration["decision_threshold"]} if calibration else {}
+    weights_sha = _write_weights(out, model, task, arch.name, hp, shipped_facts)
     result = TrainResult(
         weights=out,
         card=card_path,
@@ -994,6 +1044,8 @@ def train(
     n_params = sum(p.numel() for p in model.parameters())
     card = _card(result, task, arch, hp, r, dirs, data, train_files, val_files, seed, dev, n_params)
     card["init_from"] = init_info
+    if calibration:
+        card["calibration"] = calibration
     if prior is not None and class_weights is not None:
         card["colour"] = {
             "bins": int(prior.numel()),
@@ -1034,12 +1086,21 @@ def _warm_start(model: nn.Module, arch: str, path: Path) -> dict[str, Any]:
     }
 
 
-def _write_weights(out: Path, model: nn.Module, task: str, arch: str, hp: dict[str, int]) -> str:
+def _write_weights(
+    out: Path,
+    model: nn.Module,
+    task: str,
+    arch: str,
+    hp: dict[str, int],
+    facts: Mapping[str, Any] | None = None,
+) -> str:
+    """Write the weights with our metadata: task, architecture, hyperparameters and `facts`
+    the loader needs (a damage model's calibrated decision threshold)."""
     from safetensors.torch import save_file
 
     # One key: safetensors stores metadata in a hash map whose order varies between runs, and
     # equal weights must give an equal file (and sha256).
-    info = {"task": task, "architecture": arch, "hyperparameters": hp}
+    info = {"task": task, "architecture": arch, "hyperparameters": hp, **(facts or {})}
     meta = {"daguerre": json.dumps(info, sort_keys=True)}
     tmp = out.with_name(out.name + ".tmp")
     save_file(_cpu_state_dict(model), str(tmp), metadata=meta)

@@ -356,6 +356,12 @@ def plan_options(cfg: RestoreConfig) -> PlanOptions:
     )
 
 
+def _threshold_of(detector: object) -> dict[str, float]:
+    """A learned detector's decision threshold, as a step parameter (none for the classical)."""
+    threshold = getattr(detector, "threshold", None)
+    return {} if threshold is None else {"damage_threshold": round(float(threshold), 4)}
+
+
 @task(name="detect", cache_policy=NO_CACHE, task_run_name="detect {asset.relative_path}")
 def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOutcome:
     """Open the master lazily, measure it, and decide which stages it needs (the plan).
@@ -399,6 +405,7 @@ def detect_stage(cfg: RestoreConfig, run_id: int, asset: AssetFacts) -> DetectOu
         weights_sha256=detector.weights_sha256,
         parameters={
             "damage": f"{detector.id}@{detector.version}, tiled at full resolution",
+            **_threshold_of(detector),
             "statistics": "downscaled view",
             "faces": FACE_DETECTOR,
         },

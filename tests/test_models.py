@@ -178,6 +178,15 @@ def test_default_denoiser_matches_the_measured_recipe() -> None:
     assert 380_000 < n < 390_000  # ENVIRONMENT.md: 384k parameters, 12 layers of 64
 
 
+def test_decision_threshold_only_for_damage_models() -> None:
+    from dataclasses import replace
+
+    denoiser = registry.default_for("denoise")
+    assert denoiser is not None and denoiser.decision_threshold is None
+    with pytest.raises(ValueError, match="decision_threshold"):
+        replace(denoiser, decision_threshold=0.7)
+
+
 def test_grey_denoiser_from_colour_is_exact_on_grey() -> None:
     torch.manual_seed(0)
     colour = denoise_arch.FFDNetLike(in_channels=3, channels=8, layers=4).eval()

@@ -113,3 +113,5 @@ def test_detect_stage_records_the_damage_model(tmp_path) -> None:
     detected = detect_stage.fn(cfg, 1, asset)
     assert detected.step.weights_sha256 == sha
     assert detected.step.parameters["damage"].startswith("user:daguerre-damage-unet@")
+    # uncalibrated weights (not written by our trainer): the default threshold, recorded
+    assert detected.step.parameters["damage_threshold"] == 0.5

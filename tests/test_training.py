@@ -242,6 +242,14 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     model = load_user_model("damage", str(res.weights), res.weights_sha256, "cpu")
     prob = model.run(np.random.default_rng(0).random((30, 41, 3), dtype=np.float32))
     assert prob.shape == (30, 41, 1) and prob.min() >= 0.0 and prob.max() <= 1.0
+    # The decision threshold is calibrated on validation photos and travels with the weights.
+    calibration = card["calibration"]
+    assert 0.5 <= calibration["decision_threshold"] <= 0.999
+    assert calibration["marked_at_threshold"] <= calibration["mark_budget"] + 1e-9
+    assert model.decision_threshold == calibration["decision_threshold"]
+    from daguerre.operators import LearnedDamage
+
+    assert LearnedDamage(model).threshold == calibration["decision_threshold"]
     with pytest.raises(ValueError, match="multiple of 4"):
         train("damage", [data_dir], tmp_path / "x.safetensors", 0.0, progress=False, patch=30)
 
