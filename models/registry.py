@@ -76,6 +76,9 @@ class ModelDescriptor:
     # damage models: the probability above which a pixel is damage (None: 0.5), calibrated on
     # validation images so that undamaged photos are left almost unmarked
     decision_threshold: float | None = None
+    # Shipped, but never a task's default: it runs only when asked for by id
+    # (`--model damage=daguerre-damage-s`), e.g. while it misses its quality targets.
+    opt_in: bool = False
 
     def __post_init__(self) -> None:
         # Freeze the two mappings so a descriptor cannot be changed through them either.
@@ -339,7 +342,7 @@ def default_for(
     task: str, scale: int | None = None, in_channels: int | None = None
 ) -> ModelDescriptor | None:
     """The default shipped model of a task (at this scale, for inputs of this many channels, if
-    given), or None if there is none."""
+    given), or None if there is none. Opt-in models are never defaults."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     return next(
@@ -347,6 +350,7 @@ def default_for(
             d
             for d in SHIPPED
             if d.task == task
+            and not d.opt_in
             and (scale is None or d.scale == scale)
             and (in_channels is None or d.in_channels == in_channels)
         ),
@@ -355,5 +359,5 @@ def default_for(
 
 
 def shipped_scales(task: str) -> tuple[int, ...]:
-    """The scales for which a model of this task ships, ascending."""
-    return tuple(sorted({d.scale for d in SHIPPED if d.task == task}))
+    """The scales for which a default model of this task ships, ascending."""
+    return tuple(sorted({d.scale for d in SHIPPED if d.task == task and not d.opt_in}))

@@ -178,6 +178,17 @@ def test_default_denoiser_matches_the_measured_recipe() -> None:
     assert 380_000 < n < 390_000  # ENVIRONMENT.md: 384k parameters, 12 layers of 64
 
 
+def test_opt_in_models_are_never_defaults(monkeypatch) -> None:
+    from dataclasses import replace
+
+    denoiser = registry.default_for("denoise")
+    assert denoiser is not None
+    opt_in = replace(denoiser, id="opt-in-denoiser", opt_in=True)
+    monkeypatch.setattr(registry, "SHIPPED", (opt_in,))
+    assert registry.default_for("denoise") is None
+    assert registry.get_descriptor("opt-in-denoiser") is opt_in
+
+
 def test_decision_threshold_only_for_damage_models() -> None:
     from dataclasses import replace
 
