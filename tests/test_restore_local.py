@@ -108,6 +108,26 @@ def test_grayscale_sample_records_colorize_skipped(restored) -> None:
     assert any(r and "grayscale image, colorization not enabled" in r for r in reasons), reasons
 
 
+def test_denoise_model_follows_the_band_count(restored) -> None:
+    source, _dest, catalog, _before, _result = restored
+    from daguerre.catalog import Catalog
+    from daguerre.models.registry import default_for
+
+    colour = default_for("denoise")
+    grey = default_for("denoise", in_channels=1) or colour
+    assert colour is not None
+    seen = {}
+    for path in source.rglob("*"):
+        for history in Catalog(catalog).history(str(path)) if path.is_file() else []:
+            for step in history.restorations[0].steps:
+                if step.stage == "denoise" and step.status == "applied":
+                    seen[path.name] = step.weights_sha256
+    # The one-band sample goes to the grey model (where one ships), the others to the colour one.
+    assert seen["cameraman_grey.png"] == grey.weights_sha256
+    others = {sha for name, sha in seen.items() if name != "cameraman_grey.png"}
+    assert others <= {colour.weights_sha256} and others, seen
+
+
 def test_bad_inputs_are_recorded_and_the_rest_goes_on(
     prefect_harness, sample_collection: Path, tmp_path: Path
 ) -> None:

@@ -81,7 +81,7 @@ _MANIFEST: tuple[SampleSpec, ...] = (
     SampleSpec(
         relative_path="album-1/cameraman_grey.png",
         source="camera",
-        description="Black-and-white print (grey 8-bit PNG), dusty, slightly faded.",
+        description="Black-and-white print (grey 8-bit PNG), dusty, grainy, slightly faded.",
         degradations=("fade", "dust"),
         format="png",
         width=512,
@@ -181,7 +181,9 @@ def _scratched(img: np.ndarray, rng: np.random.Generator) -> dg.Degraded:
 def _grey_dusty(img: np.ndarray, rng: np.random.Generator) -> dg.Degraded:
     x = dg.fade(img, 0.2)
     x, mask = dg.dust(x, rng, count=80, size_range=(0.6, 4.0))
-    return dg.Degraded(x, mask, {"fade": {"amount": 0.2}, "dust": {"count": 80}})
+    x = dg.film_grain(x, 0.06, 1.0, rng)
+    params = {"fade": {"amount": 0.2}, "dust": {"count": 80}, "film_grain": {"strength": 0.06}}
+    return dg.Degraded(x, mask, params)
 
 
 def _small(img: np.ndarray, rng: np.random.Generator) -> dg.Degraded:
