@@ -156,6 +156,37 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
         hyperparameters={"in_channels": 3, "channels": 64, "layers": 12},
         takes_noise_level=True,
     ),
+    # One-band masters (grey TIFF/PNG scans, most of an archive's prints and negatives): the
+    # colour net turned into a grey one exactly (`grey_from_colour`), then trained on grey only.
+    ModelDescriptor(
+        id="daguerre-denoise-grey-s",
+        task="denoise",
+        architecture="daguerre-ffdnet",
+        version="1",
+        scale=1,
+        in_channels=1,
+        out_channels=1,
+        size_requirements=SizeRequirements(minimum=0, multiple_of=2),
+        tiling="supported",
+        receptive_overlap=26,
+        supports_half=False,
+        supports_bfloat16=False,
+        weights_file="daguerre-denoise-grey-s.safetensors",
+        weights_sha256="d6155ddcc019322d4c73b92331916382300cc9d92ae66472096c7b1c32092a3b",
+        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split and Train400)",
+        training={
+            "card": "daguerre-denoise-grey-s.json",
+            "data": ["train/BSDS500-train", "train/BSDS500-test-split", "train/Train400"],
+            "recipe": "warm start: daguerre-denoise-s made grey (grey_from_colour); grey "
+            "patches only, blind Gaussian sigma 0-55 + Poisson/film grain/JPEG mixes, "
+            "noise-level map, L1, Adam 2e-4 cosine, batch 16 x 64 px, CPU fp32, 1 thread",
+            "steps": 8120,
+            "minutes": 108.0,
+            "metrics": {"val_psnr_sigma25_grey": 27.904, "val_noisy_psnr": 20.304},
+        },
+        hyperparameters={"in_channels": 1, "channels": 64, "layers": 12},
+        takes_noise_level=True,
+    ),
 )
 
 
@@ -317,6 +348,43 @@ COLORIZERS: tuple[ModelDescriptor, ...] = (
     ),
 )
 
+# Opt-in (`--model damage=daguerre-damage-s`): it finds real creases the classical detector
+# misses and leaves undamaged photos at the 0.3% limit, but is still far from F1 0.90 on held-out
+# damage (BENCHMARKS.md), so the classical detector stays the default.
+DAMAGE_DETECTORS: tuple[ModelDescriptor, ...] = (
+    ModelDescriptor(
+        id="daguerre-damage-s",
+        task="damage",
+        architecture="daguerre-damage-unet",
+        version="1",
+        scale=1,
+        in_channels=3,
+        out_channels=1,
+        size_requirements=SizeRequirements(minimum=0, multiple_of=4),
+        tiling="supported",
+        receptive_overlap=48,
+        supports_half=False,
+        supports_bfloat16=False,
+        weights_file="daguerre-damage-s.safetensors",
+        weights_sha256="78099ee430d615a60275e90fba3ef7667f1a48f2a81e06a8685ce30392cb09fa",
+        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split)",
+        training={
+            "card": "daguerre-damage-s.json",
+            "data": ["train/BSDS500-train", "train/BSDS500-test-split"],
+            "recipe": "135 min on the session-3 chain, then 128 min warm-started on "
+            "damage_training_config (widths and dust sizes on both sides of the held-out "
+            "band, shifted colours, damage drawn on a crop twice the patch); BCE + soft dice, "
+            "Adam 5e-4 cosine, batch 12 x 96 px, CPU fp32, 1 thread",
+            "steps": 6097,
+            "minutes": 128.0,
+            "metrics": {"val_f1_at_0.5": 0.367, "decision_threshold": 0.954},
+        },
+        hyperparameters={"in_channels": 3, "channels": 24},
+        decision_threshold=0.954,
+        opt_in=True,
+    ),
+)
+
 # Ordered: the first shipped descriptor of a task (and scale) is its default. Trained models are
 # added here with their weights in models/weights/; an entry whose file is absent must not be
 # listed (a test checks every file and sha256).
@@ -326,6 +394,7 @@ SHIPPED: tuple[ModelDescriptor, ...] = (
     *UPSCALERS_BICUBIC,
     *INPAINTERS,
     *COLORIZERS,
+    *DAMAGE_DETECTORS,
 )
 
 
