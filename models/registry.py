@@ -126,57 +126,58 @@ def descriptor_problems(d: ModelDescriptor) -> list[str]:
     return problems
 
 
-DENOISERS: tuple[ModelDescriptor, ...] = (
-    ModelDescriptor(
-        id="daguerre-denoise-s",
+def _denoiser(
+    model_id: str, in_channels: int, sha256: str, training: Mapping[str, Any]
+) -> ModelDescriptor:
+    """A daguerre-ffdnet denoiser (12 convolutions of 64 channels at half resolution, steered by
+    a noise-level map) for `in_channels` (3 colour, 1 grey)."""
+    return ModelDescriptor(
+        id=model_id,
         task="denoise",
         architecture="daguerre-ffdnet",
         version="1",
         scale=1,
-        in_channels=3,
-        out_channels=3,
+        in_channels=in_channels,
+        out_channels=in_channels,
         size_requirements=SizeRequirements(minimum=0, multiple_of=2),
         tiling="supported",
         receptive_overlap=26,
         # Half precision was not measured; fp32 + channels_last is the fast path everywhere.
         supports_half=False,
         supports_bfloat16=False,
-        weights_file="daguerre-denoise-s.safetensors",
-        weights_sha256="ee117496773d9d826c556c62768181f10bdfc8c51b670fc62a0433742b338201",
+        weights_file=f"{model_id}.safetensors",
+        weights_sha256=sha256,
         licence="Apache-2.0 (weights trained here on BSDS500 train/test-split and Train400)",
         training={
-            "card": "daguerre-denoise-s.json",
+            "card": f"{model_id}.json",
             "data": ["train/BSDS500-train", "train/BSDS500-test-split", "train/Train400"],
+            **training,
+        },
+        hyperparameters={"in_channels": in_channels, "channels": 64, "layers": 12},
+        takes_noise_level=True,
+    )
+
+
+DENOISERS: tuple[ModelDescriptor, ...] = (
+    _denoiser(
+        "daguerre-denoise-s",
+        3,
+        "ee117496773d9d826c556c62768181f10bdfc8c51b670fc62a0433742b338201",
+        {
             "recipe": "blind Gaussian sigma 0-55 + Poisson/film grain/JPEG mixes, 25% grey "
             "replicated, noise-level map, L1, Adam 5e-4 cosine, batch 16 x 64 px, CPU fp32",
             "steps": 24616,
             "minutes": 110.0,
             "metrics": {"val_psnr_sigma25": 30.214, "val_noisy_psnr": 20.331},
         },
-        hyperparameters={"in_channels": 3, "channels": 64, "layers": 12},
-        takes_noise_level=True,
     ),
     # One-band masters (grey TIFF/PNG scans, most of an archive's prints and negatives): the
     # colour net turned into a grey one exactly (`grey_from_colour`), then trained on grey only.
-    ModelDescriptor(
-        id="daguerre-denoise-grey-s",
-        task="denoise",
-        architecture="daguerre-ffdnet",
-        version="1",
-        scale=1,
-        in_channels=1,
-        out_channels=1,
-        size_requirements=SizeRequirements(minimum=0, multiple_of=2),
-        tiling="supported",
-        receptive_overlap=26,
-        supports_half=False,
-        supports_bfloat16=False,
-        weights_file="daguerre-denoise-grey-s.safetensors",
-        weights_sha256="d6155ddcc019322d4c73b92331916382300cc9d92ae66472096c7b1c32092a3b",
-        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split and Train400)",
-        training={
-            "card": "daguerre-denoise-grey-s.json",
-            "data": ["train/BSDS500-train", "train/BSDS500-test-split", "train/Train400"],
+    _denoiser(
+        "daguerre-denoise-grey-s",
+        1,
+        "d6155ddcc019322d4c73b92331916382300cc9d92ae66472096c7b1c32092a3b",
+        {
             "recipe": "warm start: daguerre-denoise-s made grey (grey_from_colour); grey "
             "patches only, blind Gaussian sigma 0-55 + Poisson/film grain/JPEG mixes, "
             "noise-level map, L1, Adam 2e-4 cosine, batch 16 x 64 px, CPU fp32, 1 thread",
@@ -184,8 +185,6 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
             "minutes": 108.0,
             "metrics": {"val_psnr_sigma25_grey": 27.904, "val_noisy_psnr": 20.304},
         },
-        hyperparameters={"in_channels": 1, "channels": 64, "layers": 12},
-        takes_noise_level=True,
     ),
 )
 
