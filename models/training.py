@@ -82,7 +82,9 @@ class Recipe:
     loss: str = "l1"  # "l1" or "charbonnier"
     # denoise
     sigma_max: float = 55.0
-    grey_fraction: float = 0.25  # identical noise on identical channels: one model serves grey
+    # denoise: grey patches (identical noise on identical channels: one model serves grey);
+    # damage: patches degraded and damaged as one band (see `degrade_for_damage`)
+    grey_fraction: float = 0.25
     poisson_fraction: float = 0.10
     grain_fraction: float = 0.10
     jpeg_fraction: float = 0.10
@@ -319,15 +321,21 @@ def degrade_for_damage(
     random `patch` x `patch` window after the damage is drawn (None: the whole crop).
 
     The old-photo chain (tone, optics, noise, JPEG) always runs, so fading, grain and blur are
-    never damage; `clean_fraction` of the patches get no damage at all.
+    never damage; `clean_fraction` of the patches get no damage at all. `grey_fraction` of
+    them go through it as one band (a grey master: its damage is grey too, with no colour cue)
+    and come out with that band on all 3 channels, as the detector sees a grey scan.
     """
     undamaged = rng.random() < r.clean_fraction
     cfg = degrade.undamaged_config() if undamaged else degrade.damage_training_config()
+    if clean.shape[2] == 3 and rng.random() < r.grey_fraction:
+        clean = degrade.to_monochrome(clean)[:, :, :1]
     out = degrade.degrade(clean, rng, cfg)
     mask = out.damage_mask
     if out.damage_delta is not None and r.damage_min_delta > degrade.VISIBLE_DELTA:
         mask = mask & (out.damage_delta > r.damage_min_delta)
     image = _quantise(out.image)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
     if patch is not None and (clean.shape[0] > patch or clean.shape[1] > patch):
         y = int(rng.integers(clean.shape[0] - patch + 1))
         x = int(rng.integers(clean.shape[1] - patch + 1))
@@ -639,7 +647,7 @@ def calibrate_damage_threshold(
     """The damage probability above which a pixel counts as damage: the smallest threshold, and
     never below 0.5, that marks at most `budget` of the pixels of undamaged validation photos,
     each as it is and in `versions` aged by the old-photo chain (fading, blur, grain, noise,
-    JPEG): clean scans and worn ones must both be left alone.
+    JPEG): clean scans and worn ones must both be left alone. Every third photo is made grey.
 
     Validation photos only (never a test set): the threshold ships with the weights.
     """
@@ -650,6 +658,8 @@ def calibrate_damage_threshold(
     for index, path in enumerate(files):
         img = _to_float(read_image(path))
         img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+        if index % 3 == 2:  # grey masters must be left alone too
+            img = degrade.to_monochrome(img)
         h, w = img.shape[0] - img.shape[0] % multiple, img.shape[1] - img.shape[1] % multiple
         for version in range(versions + 1):
             rng = np.random.default_rng([index, version, 11])
@@ -671,8 +681,8 @@ def calibrate_damage_threshold(
         "marked_at_0.5": round(float((p > 0.5).mean()), 5),
         "images": len(files),
         "versions": versions,
-        "protocol": "validation photos as they are and through the old-photo chain without "
-        "damage (seeds [index, version, 11])",
+        "protocol": "validation photos (every third made grey) as they are and through the "
+        "old-photo chain without damage (seeds [index, version, 11])",
     }
 
 

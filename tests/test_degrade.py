@@ -316,3 +316,14 @@ def test_damage_recipes_hold_out_colours_and_widths() -> None:
     out, mask = dg.scratches(img, np.random.default_rng(0), 4, (7.0, 9.0), (1.0, 1.0), "shifted")
     change = (out - img)[mask]
     assert mask.any() and np.abs(change).max() >= 0.19  # coloured shifts of at least 0.2
+    # "grey": flat, near-neutral lines of any brightness, mid-greys included
+    levels = []
+    for seed in range(24):
+        out, mask = dg.scratches(
+            img * 0, np.random.default_rng(seed), 1, (3.0, 3.0), (1.0, 1.0), "grey"
+        )
+        if mask.any():
+            core = out[mask]
+            assert np.ptp(core[core.max(axis=1) > 0.5 * core.max()], axis=1).max() < 0.2
+            levels.append(float(core.max()))
+    assert min(levels) < 0.3 and max(levels) > 0.7 and any(0.35 < v < 0.65 for v in levels)

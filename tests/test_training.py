@@ -220,6 +220,10 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     rng = np.random.default_rng(1)
     img, mask = degrade_for_damage(np.full((64, 64, 3), 0.5, np.float32), rng, Recipe())
     assert img.shape == (64, 64, 3) and mask.shape == (64, 64) and mask.dtype == bool
+    # a grey master: degraded and damaged as one band, shown to the detector on 3 channels
+    colour = np.random.default_rng(2).uniform(0, 1, (64, 64, 3)).astype(np.float32)
+    grey, _ = degrade_for_damage(colour, rng, Recipe(grey_fraction=1.0))
+    assert grey.shape == (64, 64, 3) and np.array_equal(grey[..., 0], grey[..., 2])
     assert f1_score(np.ones(4, bool), np.ones(4, bool)) == 1.0
     assert f1_score(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
     assert f1_score(np.array([1, 0], bool), np.array([0, 1], bool)) == 0.0

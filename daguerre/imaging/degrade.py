@@ -62,7 +62,7 @@ __all__ = [
 VISIBLE_DELTA = 0.03
 
 # Or several modes joined by "|" ("bright|dark"): each item picks one of them.
-ColourMode = Literal["mixed", "bright", "dark", "relative", "shifted", "tinted"] | str
+ColourMode = Literal["mixed", "bright", "dark", "grey", "relative", "shifted", "tinted"] | str
 ResizeMethod = Literal["bicubic", "bilinear", "lanczos", "area", "nearest"]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec.601, as in cv2/PIL "L"
@@ -537,6 +537,8 @@ def _pick_colour(
         colour = rng.uniform(0.7, 1.0) + rng.normal(0.0, 0.03, 3)
     elif mode == "dark":
         colour = rng.uniform(0.0, 0.3) + rng.normal(0.0, 0.03, 3)
+    elif mode == "grey":  # any brightness, flat: neither near white nor black, nor relative
+        colour = rng.uniform(0.0, 1.0) + rng.normal(0.0, 0.03, 3)
     elif mode == "tinted":
         grey = rng.uniform(0.1, 0.9)
         colour = grey + rng.uniform(0.3, 1.0) * (rng.uniform(0.0, 1.0, 3) - grey)
@@ -608,11 +610,12 @@ def scratches(
     film, i.e. near-vertical), curvature, width (``width_range`` px, [1, 4] typical), opacity
     (``opacity_range`` in [0, 1]), blur (sharp to 1.2 px), opacity that fades in and out along
     its length, and colour. ``colour_mode``: "bright" (emulsion scratched off a print, 0.7-1),
-    "dark" (0-0.3), "relative" (background shifted by +-0.2-0.6, so it follows the picture),
-    "shifted" (background shifted by up to +-0.6 per channel: a coloured relative change),
-    "tinted" (random hue, like a scratch through a dye layer) or "mixed" (each scratch picks one
-    of bright, dark, relative and tinted); several modes joined by "|" make each scratch pick
-    one of those. ``width_range`` may also be several ranges: a width is drawn from their union.
+    "dark" (0-0.3), "grey" (a flat grey of any brightness, 0-1), "relative" (background shifted
+    by +-0.2-0.6, so it follows the picture), "shifted" (background shifted by up to +-0.6 per
+    channel: a coloured relative change), "tinted" (random hue, like a scratch through a dye
+    layer) or "mixed" (each scratch picks one of bright, dark, relative and tinted); several
+    modes joined by "|" make each scratch pick one of those. ``width_range`` may also be several
+    ranges: a width is drawn from their union.
 
     Returns (image, mask): mask (H, W) bool of the pixels visibly changed.
     """
@@ -1173,9 +1176,9 @@ TRAINING_DUST_SIZE: tuple[Range, ...] = ((0.5, 3.8), (6.2, 8.0))
 def damage_training_config() -> DegradationConfig:
     """The damage detector's training chain: the old-photo chain with damage on most images.
 
-    Scratches are bright, dark, or shifted relative to the background in brightness or colour
-    (absolute tinted colours are held out), 1-4 or 7-9 px wide; dust 0.5-3.8 or 6.2-8 px; stains,
-    folds and tears as in the default chain, more often.
+    Scratches are bright, dark, a flat grey of any brightness, or shifted relative to the
+    background in brightness or colour (absolute tinted colours are held out), 1-4 or 7-9 px
+    wide; dust 0.5-3.8 or 6.2-8 px; stains, folds and tears as in the default chain, more often.
     """
     return replace(
         DegradationConfig(),
@@ -1183,7 +1186,7 @@ def damage_training_config() -> DegradationConfig:
         p_tears_folds=0.12,
         p_scratches=0.65,
         scratch_width=TRAINING_SCRATCH_WIDTH,
-        scratch_colour_mode="bright|dark|relative|shifted",
+        scratch_colour_mode="bright|dark|grey|relative|shifted",
         p_dust=0.65,
         dust_size=TRAINING_DUST_SIZE,
     )
