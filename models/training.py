@@ -121,6 +121,9 @@ class Recipe:
     # bookkeeping
     checkpoint_minutes: float = 5.0
     val_minutes: float = 1.0
+    # Stop after this many steps in total even if time remains (the learning-rate schedule then
+    # follows steps): reproducible short runs, whatever the machine's load.
+    max_steps: int | None = None
     val_patches: int = 32
     val_patch: int = 96
     # None: os.cpu_count(). On a shared, busy machine 1 can be much faster than 2 (OpenMP
@@ -990,11 +993,18 @@ def train(
     start = time.monotonic() - elapsed_s
     last_ckpt = last_val = time.monotonic()
     loss_avg: float | None = None
+
+    def done() -> bool:
+        return elapsed_s >= budget_s or (r.max_steps is not None and step >= r.max_steps)
+
     try:
-        while elapsed_s < budget_s:
+        while not done():
             t0 = time.perf_counter()
+            fraction = elapsed_s / budget_s
+            if r.max_steps is not None:
+                fraction = max(fraction, step / r.max_steps)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(r, elapsed_s / budget_s, step)
+                group["lr"] = _lr_at(r, fraction, step)
             loss = _batch_loss(task, model, data, r, rng, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -1008,7 +1018,7 @@ def train(
             loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
             now = time.monotonic()
             elapsed_s = now - start
-            if now - last_val >= r.val_minutes * 60 or elapsed_s >= budget_s:
+            if now - last_val >= r.val_minutes * 60 or done():
                 val_score = validate(model)
                 history.append(
                     {
