@@ -396,7 +396,8 @@ class LearnedDamage:
 
     def mask_job(self) -> tuple[TileRequirements, MaskFn]:
         req = replace(model_requirements(self.model), blend=0)
-        threshold = float(self.threshold or DAMAGE_THRESHOLD)
+        threshold = self.threshold
+        assert threshold is not None  # resolved in __post_init__
 
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
             return self.model.run(pixels)[:, :, 0] > threshold
