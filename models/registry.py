@@ -8,7 +8,7 @@ never special-case an architecture.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -126,34 +126,67 @@ def descriptor_problems(d: ModelDescriptor) -> list[str]:
     return problems
 
 
+def _ours(
+    model_id: str,
+    task: Task,
+    architecture: str,
+    sha256: str,
+    *,
+    data: Sequence[str],
+    trained_on: str,
+    training: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+    receptive_overlap: int,
+    in_channels: int = 3,
+    out_channels: int | None = None,
+    scale: int = 1,
+    multiple_of: int = 1,
+    tiling: Tiling = "supported",
+    **facts: Any,
+) -> ModelDescriptor:
+    """A model trained here: weights `{id}.safetensors` and card `{id}.json` in models/weights/,
+    Apache-2.0, fp32 only (half precision was not measured; fp32 + channels_last is the fast
+    path everywhere). `data` are the training folders, `trained_on` names them for the licence;
+    `facts` are the remaining descriptor fields (noise-level input, threshold, opt-in)."""
+    return ModelDescriptor(
+        id=model_id,
+        task=task,
+        architecture=architecture,
+        version="1",
+        scale=scale,
+        in_channels=in_channels,
+        out_channels=in_channels if out_channels is None else out_channels,
+        size_requirements=SizeRequirements(minimum=0, multiple_of=multiple_of),
+        tiling=tiling,
+        receptive_overlap=receptive_overlap,
+        supports_half=False,
+        supports_bfloat16=False,
+        weights_file=f"{model_id}.safetensors",
+        weights_sha256=sha256,
+        licence=f"Apache-2.0 (weights trained here on {trained_on})",
+        training={"card": f"{model_id}.json", "data": list(data), **training},
+        hyperparameters=hyperparameters,
+        **facts,
+    )
+
+
 def _denoiser(
     model_id: str, in_channels: int, sha256: str, training: Mapping[str, Any]
 ) -> ModelDescriptor:
     """A daguerre-ffdnet denoiser (12 convolutions of 64 channels at half resolution, steered by
     a noise-level map) for `in_channels` (3 colour, 1 grey)."""
-    return ModelDescriptor(
-        id=model_id,
-        task="denoise",
-        architecture="daguerre-ffdnet",
-        version="1",
-        scale=1,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        size_requirements=SizeRequirements(minimum=0, multiple_of=2),
-        tiling="supported",
-        receptive_overlap=26,
-        # Half precision was not measured; fp32 + channels_last is the fast path everywhere.
-        supports_half=False,
-        supports_bfloat16=False,
-        weights_file=f"{model_id}.safetensors",
-        weights_sha256=sha256,
-        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split and Train400)",
-        training={
-            "card": f"{model_id}.json",
-            "data": ["train/BSDS500-train", "train/BSDS500-test-split", "train/Train400"],
-            **training,
-        },
+    return _ours(
+        model_id,
+        "denoise",
+        "daguerre-ffdnet",
+        sha256,
+        data=["train/BSDS500-train", "train/BSDS500-test-split", "train/Train400"],
+        trained_on="BSDS500 train/test-split and Train400",
+        training=training,
         hyperparameters={"in_channels": in_channels, "channels": 64, "layers": 12},
+        receptive_overlap=26,
+        in_channels=in_channels,
+        multiple_of=2,
         takes_noise_level=True,
     )
 
@@ -193,24 +226,17 @@ def _upscaler(
     model_id: str, scale: int, sha256: str, training: Mapping[str, Any]
 ) -> ModelDescriptor:
     """A daguerre-srnet upscaler (9 convolutions of 56 channels at LR resolution + bicubic skip)."""
-    return ModelDescriptor(
-        id=model_id,
-        task="upscale",
-        architecture="daguerre-srnet",
-        version="1",
-        scale=scale,
-        in_channels=3,
-        out_channels=3,
-        size_requirements=SizeRequirements(minimum=0, multiple_of=1),
-        tiling="supported",
-        receptive_overlap=11,
-        supports_half=False,
-        supports_bfloat16=False,
-        weights_file=f"{model_id}.safetensors",
-        weights_sha256=sha256,
-        licence="Apache-2.0 (weights trained here on T91 and BSDS500 train/test-split)",
-        training={"card": f"{model_id}.json", **training},
+    return _ours(
+        model_id,
+        "upscale",
+        "daguerre-srnet",
+        sha256,
+        data=_SR_DATA,
+        trained_on="T91 and BSDS500 train/test-split",
+        training=training,
         hyperparameters={"in_channels": 3, "channels": 56, "layers": 9, "scale": scale},
+        receptive_overlap=11,
+        scale=scale,
     )
 
 
@@ -222,7 +248,6 @@ UPSCALERS_BICUBIC: tuple[ModelDescriptor, ...] = (
         2,
         "5d87d5a329cfe3f440f002dcd18e86ca35bd73793c1e1472607f99c8a6a1525c",
         {
-            "data": _SR_DATA,
             "recipe": "HR patches 128 px, LR by antialiased bicubic (8-bit), L1, Adam 5e-4 "
             "cosine with a warm restart, batch 16 x 64 px LR, CPU fp32; resumed from a "
             "20-minute run on T91 alone",
@@ -236,7 +261,6 @@ UPSCALERS_BICUBIC: tuple[ModelDescriptor, ...] = (
         4,
         "e4ee15490bec8d75c2ed0d666aeb18a38cf4abfda89dc9b741c591d6400b5527",
         {
-            "data": _SR_DATA,
             "recipe": "warm-started from the x2 run's body; HR patches 192 px, LR by "
             "antialiased bicubic (8-bit), L1, Adam 5e-4 cosine, batch 16 x 48 px LR, CPU fp32",
             "steps": 3189,
@@ -253,7 +277,6 @@ UPSCALERS: tuple[ModelDescriptor, ...] = (
         2,
         "d1ba043d43859269de04ee003cf5b1324466ead50c3b4aedeeb86ba812c3b9e9",
         {
-            "data": _SR_DATA,
             "recipe": "fine-tuned from daguerre-upscale-x2-bicubic: realistic LR (blur, "
             "bicubic/bilinear/area, Gaussian noise 1-15, JPEG 40-95), L1, Adam 2e-4 cosine, "
             "batch 16 x 64 px LR, CPU fp32",
@@ -267,7 +290,6 @@ UPSCALERS: tuple[ModelDescriptor, ...] = (
         4,
         "6f1c45150f927a8ecc09bd12c633c8454c3f05beb0ea46b28527ea43263fb5db",
         {
-            "data": _SR_DATA,
             "recipe": "fine-tuned from daguerre-upscale-x4-bicubic: realistic LR (blur, "
             "bicubic/bilinear/area, Gaussian noise 1-15, JPEG 40-95), L1, Adam 2e-4 cosine, "
             "batch 16 x 48 px LR, CPU fp32",
@@ -279,30 +301,14 @@ UPSCALERS: tuple[ModelDescriptor, ...] = (
 )
 
 INPAINTERS: tuple[ModelDescriptor, ...] = (
-    ModelDescriptor(
-        id="daguerre-inpaint-s",
-        task="inpaint",
-        architecture="daguerre-inpaint-unet",
-        version="1",
-        scale=1,
-        in_channels=3,
-        out_channels=3,
-        size_requirements=SizeRequirements(minimum=0, multiple_of=8),
-        tiling="supported",
-        receptive_overlap=96,
-        supports_half=False,
-        supports_bfloat16=False,
-        weights_file="daguerre-inpaint-s.safetensors",
-        weights_sha256="93b347bd63087ea15b3018558f60abfa3ec8fefececff6a7c3270f67d2e2a20c",
-        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split, T91 and Train400)",
+    _ours(
+        "daguerre-inpaint-s",
+        "inpaint",
+        "daguerre-inpaint-unet",
+        "93b347bd63087ea15b3018558f60abfa3ec8fefececff6a7c3270f67d2e2a20c",
+        data=["train/BSDS500-train", "train/BSDS500-test-split", "train/T91", "train/Train400"],
+        trained_on="BSDS500 train/test-split, T91 and Train400",
         training={
-            "card": "daguerre-inpaint-s.json",
-            "data": [
-                "train/BSDS500-train",
-                "train/BSDS500-test-split",
-                "train/T91",
-                "train/Train400",
-            ],
             "recipe": "scratches, dust, stains, tears and folds of daguerre.imaging.degrade over "
             "aged clean patches; mask in, only masked pixels predicted; masked L1, Adam 5e-4 "
             "cosine, batch 8 x 96 px, CPU fp32, 1 thread",
@@ -311,30 +317,20 @@ INPAINTERS: tuple[ModelDescriptor, ...] = (
             "metrics": {"val_masked_psnr": 18.57, "val_telea_masked_psnr": 16.853},
         },
         hyperparameters={"in_channels": 3, "channels": 24},
+        receptive_overlap=96,
+        multiple_of=8,
     ),
 )
 
 COLORIZERS: tuple[ModelDescriptor, ...] = (
-    ModelDescriptor(
-        id="daguerre-colorize-s",
-        task="colorize",
-        architecture="daguerre-colorize-unet",
-        version="1",
-        scale=1,
-        in_channels=3,
-        out_channels=3,
-        size_requirements=SizeRequirements(minimum=0, multiple_of=8),
-        # The colorize stage runs it once on a view of the whole image (colour needs the scene).
-        tiling="internal",
-        receptive_overlap=144,
-        supports_half=False,
-        supports_bfloat16=False,
-        weights_file="daguerre-colorize-s.safetensors",
-        weights_sha256="393a386cc202e85f2b250f156240162aab65c1d6e0975de4fa07bfdb4e48ecfe",
-        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split and T91)",
+    _ours(
+        "daguerre-colorize-s",
+        "colorize",
+        "daguerre-colorize-unet",
+        "393a386cc202e85f2b250f156240162aab65c1d6e0975de4fa07bfdb4e48ecfe",
+        data=["train/BSDS500-train", "train/BSDS500-test-split", "train/T91"],
+        trained_on="BSDS500 train/test-split and T91",
         training={
-            "card": "daguerre-colorize-s.json",
-            "data": ["train/BSDS500-train", "train/BSDS500-test-split", "train/T91"],
             "recipe": "CIELAB L in, 261 a*b* bins out (annealed mean), soft-encoded cross-entropy "
             "with class rebalancing; 70 min from scratch (rebalance 0.5, near-grey patches "
             "skipped), then 30 min fine-tuned (rebalance 0.8, grey patches kept, lr 2e-4); "
@@ -344,6 +340,10 @@ COLORIZERS: tuple[ModelDescriptor, ...] = (
             "metrics": {"val_psnr": 19.545, "val_grey_psnr": 18.596},
         },
         hyperparameters={"channels": 32, "grid": 10},
+        receptive_overlap=144,
+        multiple_of=8,
+        # The colorize stage runs it once on a view of the whole image (colour needs the scene).
+        tiling="internal",
     ),
 )
 
@@ -351,25 +351,14 @@ COLORIZERS: tuple[ModelDescriptor, ...] = (
 # misses and leaves undamaged photos at the 0.3% limit, but is still far from F1 0.90 on held-out
 # damage (BENCHMARKS.md), so the classical detector stays the default.
 DAMAGE_DETECTORS: tuple[ModelDescriptor, ...] = (
-    ModelDescriptor(
-        id="daguerre-damage-s",
-        task="damage",
-        architecture="daguerre-damage-unet",
-        version="1",
-        scale=1,
-        in_channels=3,
-        out_channels=1,
-        size_requirements=SizeRequirements(minimum=0, multiple_of=4),
-        tiling="supported",
-        receptive_overlap=48,
-        supports_half=False,
-        supports_bfloat16=False,
-        weights_file="daguerre-damage-s.safetensors",
-        weights_sha256="78099ee430d615a60275e90fba3ef7667f1a48f2a81e06a8685ce30392cb09fa",
-        licence="Apache-2.0 (weights trained here on BSDS500 train/test-split)",
+    _ours(
+        "daguerre-damage-s",
+        "damage",
+        "daguerre-damage-unet",
+        "78099ee430d615a60275e90fba3ef7667f1a48f2a81e06a8685ce30392cb09fa",
+        data=["train/BSDS500-train", "train/BSDS500-test-split"],
+        trained_on="BSDS500 train/test-split",
         training={
-            "card": "daguerre-damage-s.json",
-            "data": ["train/BSDS500-train", "train/BSDS500-test-split"],
             "recipe": "135 min on the session-3 chain, then 128 min warm-started on "
             "damage_training_config (widths and dust sizes on both sides of the held-out "
             "band, shifted colours, damage drawn on a crop twice the patch); BCE + soft dice, "
@@ -379,6 +368,9 @@ DAMAGE_DETECTORS: tuple[ModelDescriptor, ...] = (
             "metrics": {"val_f1_at_0.5": 0.367, "decision_threshold": 0.954},
         },
         hyperparameters={"in_channels": 3, "channels": 24},
+        receptive_overlap=48,
+        out_channels=1,
+        multiple_of=4,
         decision_threshold=0.954,
         opt_in=True,
     ),
