@@ -128,6 +128,14 @@ def restore(
             help="Pyramidal preservation TIFF (for IIIF image servers; default: no).",
         ),
     ] = None,
+    ensemble: Annotated[
+        int | None,
+        typer.Option(
+            help="Run learned denoise, upscale and inpaint models over 1, 2, 4 or 8 flipped/"
+            "turned copies and average them: that many times slower, slightly better "
+            "(default: 1)."
+        ),
+    ] = None,
     policy: Annotated[
         str | None,
         typer.Option(
@@ -158,6 +166,8 @@ def restore(
         usage_error("--scale must be 1, 2 or 4")
     if device not in ("auto", "cpu", "cuda"):
         usage_error("--device must be auto, cpu or cuda")
+    if ensemble not in (None, 1, 2, 4, 8):
+        usage_error("--ensemble must be 1, 2, 4 or 8")
     if access_format not in (None, "jpeg", "webp", "none"):
         usage_error("--access-format must be jpeg, webp or none")
     models = _parse_models(model or [])
@@ -203,6 +213,7 @@ def restore(
             access_format=access_format,
             access_long_edge=access_long_edge,
             pyramid=pyramid,
+            ensemble=ensemble,
             policy=collection_policy.uri if collection_policy else "none",
             rehash=rehash,
         )

@@ -135,7 +135,12 @@ def identity(op: Operator) -> str:
     """Compact identity used in the configuration hash."""
     if isinstance(op, OperatorChoice):
         return op.identity()
-    return f"{op.id}@{op.version}" + (f"#{op.weights_sha256}" if op.weights_sha256 else "")
+    ensemble = int(getattr(op, "ensemble", 1))
+    return (
+        f"{op.id}@{op.version}"
+        + (f"#{op.weights_sha256}" if op.weights_sha256 else "")
+        + (f"~ensemble{ensemble}" if ensemble > 1 else "")
+    )
 
 
 def operator_for(op: Operator, params: Mapping[str, Any]) -> Operator:
@@ -446,6 +451,8 @@ class LearnedOperator(_Tiled):
     version: str = ""
     weights_sha256: str | None = None
     device: str = "cpu"
+    # Passes of the geometric self-ensemble (`with_ensemble`): 1 runs the model once.
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         _take_identity(self, self.model)
@@ -453,6 +460,8 @@ class LearnedOperator(_Tiled):
     def prepare(self, source: RegionSource, params: Mapping[str, Any], ctx: StageContext):
         model = self.model
         used: dict[str, Any] = {"architecture": model.architecture}
+        if self.ensemble > 1:
+            used["ensemble"] = self.ensemble
         sigma = None
         if model.takes_noise_level:
             level = params.get("sigma", ctx.noise_sigma)
@@ -475,7 +484,7 @@ class LearnedOperator(_Tiled):
             m = mask.read_mask(*_xywh(tile.read)) if mask is not None else None
             if m is not None and not m.any():
                 return pixels
-            out = model.run(pixels, noise_sigma=sigma, mask=m)
+            out = model.run(pixels, noise_sigma=sigma, mask=m, ensemble=self.ensemble)
             if m is not None:  # only masked pixels may change
                 out = np.where(m[..., None], out, pixels).astype(np.float32)
             return out
@@ -709,14 +718,15 @@ _cache_lock = threading.Lock()
 
 
 def resolve_operators(
-    steps: tuple[str, ...], models: Mapping[str, str], device: str = "auto"
+    steps: tuple[str, ...], models: Mapping[str, str], device: str = "auto", ensemble: int = 1
 ) -> dict[str, Operator | None]:
     """Pick the operator of every pixel stage: user's model, else shipped default, else classical.
 
     `None` means the stage is not in `steps` or has no operator here (face with no face
-    model). The damage
-    detector comes along under "damage" (so it is part of the configuration's identity). Loaded
-    models are cached per process so a worker loads each weights file once.
+    model). The damage detector comes along under "damage" (so it is part of the
+    configuration's identity). Loaded models are cached per process so a worker loads each
+    weights file once. `ensemble` > 1: learned denoise, upscale and inpaint operators average
+    that many flipped/turned passes (`with_ensemble`).
     """
     from daguerre.records import PIXEL_STAGES
 
@@ -730,8 +740,30 @@ def resolve_operators(
         with _cache_lock:
             if key not in _cache:
                 _cache[key] = _make_operator(stage, models.get(stage), device)
-            out[stage] = _cache[key]
+            out[stage] = with_ensemble(_cache[key], ensemble)
     return out
+
+
+# Stages whose learned operators can average flipped/turned passes (pixel-aligned outputs).
+ENSEMBLE_STAGES = ("denoise", "upscale", "inpaint")
+
+
+def with_ensemble(op: Any, passes: int) -> Any:
+    """`op` with its learned models run as a geometric self-ensemble of `passes` (1, 2, 4, 8):
+    about that many times slower, a little better (BENCHMARKS.md). Classical operators, and
+    stages where outputs are not pixel-aligned, are returned as they are."""
+    if passes == 1:
+        return op
+    from daguerre.models.inference import ENSEMBLE_PASSES  # torch: only when asked for
+
+    if passes not in ENSEMBLE_PASSES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_PASSES}, got {passes}")
+    if isinstance(op, LearnedOperator) and op.stage in ENSEMBLE_STAGES:
+        return replace(op, ensemble=passes)
+    if isinstance(op, OperatorChoice):
+        by_value = {v: with_ensemble(o, passes) for v, o in op.by_value.items()}
+        return replace(op, by_value=by_value, fallback=with_ensemble(op.fallback, passes))
+    return op
 
 
 CLASSICAL_SPEC = "classical"

@@ -12,6 +12,7 @@ and sha256 in the catalog.
     [restore]
     steps = ["denoise", "inpaint", "tone", "colorize"]   # or "all" / "default"
     scale = 1
+    ensemble = 8          # learned stages averaged over 8 flips/turns: slower, a little better
     access_format = "webp"
     access_long_edge = 3000
     pyramid = true
@@ -51,6 +52,7 @@ class RestoreSettings(BaseModel):
     steps: tuple[str, ...] | None = None
     scale: Literal[1, 2, 4] | None = None
     upscale_below_long_edge: int | None = None
+    ensemble: Literal[1, 2, 4, 8] | None = None
     access_format: Literal["jpeg", "webp", "none"] | None = None
     access_long_edge: int | None = None
     pyramid: bool | None = None

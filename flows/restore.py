@@ -113,6 +113,7 @@ def restore_collection(
     access_long_edge: int | None = None,
     pyramid: bool | None = None,
     upscale_below_long_edge: int | None = None,
+    ensemble: int | None = None,
     policy: str | None = AUTO,
     rehash: bool = False,
 ) -> RunReport:
@@ -134,12 +135,13 @@ def restore_collection(
         "access_long_edge": access_long_edge,
         "pyramid": pyramid,
         "upscale_below_long_edge": upscale_below_long_edge,
+        "ensemble": ensemble,
     }
     cfg = _config(source, dest, catalog_url, device, models or {}, given, policy)
     if cfg.policy is not None:
         logger.info("policy %s (sha256 %s)", cfg.policy["uri"], cfg.policy["sha256"][:12])
 
-    operators = resolve_operators(cfg.steps, cfg.models, cfg.device)
+    operators = resolve_operators(cfg.steps, cfg.models, cfg.device, cfg.ensemble)
     identities = {stage: identity(op) for stage, op in operators.items() if op is not None}
     config_hash = cfg.config_hash(identities)
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None

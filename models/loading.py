@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from .arch import Architecture, detect_architecture, get_architecture
-from .inference import estimate_noise_sigma, pick_device
+from .inference import estimate_noise_sigma, pick_device, self_ensemble
 from .registry import SHIPPED, TASKS, ModelDescriptor, SizeRequirements, get_descriptor
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ _SPANDREL_EXTRA_ARCHES = ("DDColor", "CodeFormer")
 # Face models (GFPGAN v1.2-1.4, CodeFormer) restore one aligned face crop of exactly this size
 # (their layer shapes are built for it); the face stage reads it off `size_requirements`.
 FACE_SIZE = 512
+# Tasks whose output lines up pixel for pixel with the input, so flipped/turned passes can be
+# averaged (`self_ensemble`).
+ENSEMBLE_TASKS = ("denoise", "upscale", "inpaint")
 # CodeFormer's fidelity weight w: 0 trusts its codebook most, 1 the input face most; 0.5 is the
 # default of its own inference script.
 CODEFORMER_FIDELITY = 0.5
@@ -291,6 +294,7 @@ class LoadedModel:
         *,
         noise_sigma: float | None = None,
         mask: np.ndarray | None = None,
+        ensemble: int = 1,
     ) -> np.ndarray:
         """Run on one image. (H, W, C) float [0, 1], C in {1, 3} -> (H*s, W*s, C) float32 [0, 1].
 
@@ -300,7 +304,8 @@ class LoadedModel:
         output averaged; colour input on a 1-channel model runs channel by channel.
         Colorizers are the exception: grey or colour in, always (H, W, 3) colour out.
         Face models take an aligned face crop, normally (FACE_SIZE, FACE_SIZE, C); other sizes
-        are resized to it and back.
+        are resized to it and back. `ensemble` > 1 averages that many flipped/turned passes
+        (`self_ensemble`; denoise, upscale and inpaint models only).
         """
         if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
             raise ValueError(f"expected (H, W, C) with C in (1, 3), got shape {pixels.shape}")
@@ -340,7 +345,12 @@ class LoadedModel:
                 m = m.to(self.device).contiguous(memory_format=torch.channels_last)
         x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            y = self._forward(x, sigma, m)
+            if ensemble == 1:
+                y = self._forward(x, sigma, m)
+            elif self.task in ENSEMBLE_TASKS and fixed is None:
+                y = self_ensemble(lambda t, tm: self._forward(t, sigma, tm), x, m, ensemble)
+            else:
+                raise ValueError(f"{self.model_id} ({self.task}) does not take an ensemble")
             s = self.scale
             if fixed is not None:
                 y = _resize(y.float(), h * s, w * s)

@@ -451,7 +451,7 @@ def pixel_stage(
             stage=stage, order=order, status=StepStatus.SKIPPED, reason=decision["reason"]
         )
         return StageOutcome(step=step, current=current, steps=_steps_so_far(previous, step))
-    operator = resolve_operators(cfg.steps, cfg.models, cfg.device)[stage]
+    operator = resolve_operators(cfg.steps, cfg.models, cfg.device, cfg.ensemble)[stage]
     if operator is not None:
         # An upscale operator may hold one model per factor: take the one this plan needs.
         operator = operator_for(operator, decision.get("params", {}))

@@ -115,3 +115,21 @@ def test_detect_stage_records_the_damage_model(tmp_path) -> None:
     assert detected.step.parameters["damage"].startswith("user:daguerre-damage-unet@")
     # uncalibrated weights (not written by our trainer): the default threshold, recorded
     assert detected.step.parameters["damage_threshold"] == 0.5
+
+
+def test_ensemble_applies_to_learned_pixel_aligned_stages_only() -> None:
+    from daguerre.operators import LearnedOperator, OperatorChoice, with_ensemble
+
+    plain = resolve_operators(("denoise", "inpaint", "tone", "upscale"), {}, "cpu")
+    operators = resolve_operators(("denoise", "inpaint", "tone", "upscale"), {}, "cpu", 4)
+    inpaint = operators["inpaint"]
+    assert isinstance(inpaint, LearnedOperator) and inpaint.ensemble == 4
+    assert identity(inpaint) == identity(plain["inpaint"]) + "~ensemble4"  # a new config hash
+    assert operators["tone"] is plain["tone"]  # classical: unchanged
+    for stage in ("denoise", "upscale"):  # choices: each model of the choice
+        choice = operators[stage]
+        assert isinstance(choice, OperatorChoice)
+        assert all(op.ensemble == 4 for op in choice.by_value.values())
+    assert plain["inpaint"].ensemble == 1  # the cached operator itself is not changed
+    with pytest.raises(ValueError, match="ensemble"):
+        with_ensemble(inpaint, 3)

@@ -20,6 +20,7 @@ collection = "Glass negatives"
 [restore]
 steps = ["tone", "denoise"]
 scale = 1
+ensemble = 8
 access_format = "none"
 pyramid = true
 
@@ -33,6 +34,7 @@ def test_a_policy_parses_and_is_pinned_by_its_hash() -> None:
     assert policy.collection == "Glass negatives"
     assert policy.restore.steps == ("denoise", "tone")  # pipeline order
     assert policy.restore.scale == 1 and policy.restore.pyramid is True
+    assert policy.restore.ensemble == 8
     assert policy.models == {"denoise": "classical"}
     assert policy.reference()["uri"] == "file:///c/daguerre.toml"
     assert len(policy.reference()["sha256"]) == 64
@@ -46,6 +48,7 @@ def test_a_policy_parses_and_is_pinned_by_its_hash() -> None:
         (b"[restore\n", "not valid TOML"),
         (b"[restore]\nsteps = ['sharpen']\n", "unknown step"),
         (b"[restore]\nscale = 3\n", "restore.scale"),
+        (b"[restore]\nensemble = 3\n", "restore.ensemble"),
         (b"[restore]\ncolour = true\n", "restore.colour"),
         (b"[models]\nsharpen = 'x.pth'\n", "unknown model task"),
         (b"owner = 'me'\n", "owner"),

@@ -236,3 +236,23 @@ def test_identical_files_at_two_paths_have_their_own_work_areas(
     assert (dest / "copy" / "b.png.restored.tif").is_file()
     assert len(folders) == 2, folders  # one per asset, though the content is the same
     assert not [p for p in (dest / ".daguerre").rglob("*") if p.is_file()]
+
+
+def test_ensemble_is_recorded_and_is_part_of_the_configuration(
+    prefect_harness, sample_collection: Path, tmp_path: Path
+) -> None:
+    from daguerre.catalog import Catalog
+
+    source = tmp_path / "grey"
+    source.mkdir()
+    shutil.copy(sample_collection / "album-1" / "cameraman_grey.png", source)
+    dest, catalog = tmp_path / "out", f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    for passes in ("2", "1"):  # a different ensemble restores again (a new configuration)
+        result = _restore(source, dest, catalog, "--steps", "denoise", "--ensemble", passes)
+        assert result.exit_code == 0, result.output
+    histories = Catalog(catalog).history(str(source / "cameraman_grey.png"))
+    restorations = histories[0].restorations
+    assert len(restorations) == 2
+    params = [next(s for s in r.steps if s.stage == "denoise").parameters for r in restorations]
+    assert sorted(p.get("ensemble", 1) for p in params) == [1, 2]
+    assert _restore(source, dest, catalog, "--ensemble", "3").exit_code == 2
