@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_denoise.py \
         --weights models/weights/daguerre-denoise-s.safetensors \
         [--grey-weights models/weights/daguerre-denoise-grey-s.safetensors] \
-        [--sets BSD68,Set12,CBSD68] [--sigmas 15,25,50] [--bm3d-images 5] [--threads 2]
+        [--sets BSD68,Set12,CBSD68] [--sigmas 15,25,50] [--bm3d-images 5] [--threads 2] \
+        [--ensemble 8]
 
 Protocol (../shared/datasets/README.md): clean uint8 image scaled to [0, 1]; per image, seed 0,
 then add N(0, (sigma/255)^2) noise; the noisy input is not clipped; PSNR of the uint8 result, no
@@ -11,8 +12,10 @@ border cut; colour results are RGB PSNR. Every method sees the same noisy images
 Our model gets the true sigma (non-blind, as FFDNet is reported) and, separately, the sigma that
 detection estimates (blind, as the pipeline runs it). With --grey-weights, grey images go to
 that model, as the pipeline sends one-band masters to a shipped grey model; the colour model's
-scores on them are kept beside ("colour_model"). BM3D is slow (about 12 s per image here),
-so it runs on the first N images of each set; the other methods are also reported on that subset.
+scores on them are kept beside ("colour_model"). With --ensemble N, the same model averaged over
+N flips/turns (`--ensemble` of the pipeline) is scored and timed beside ("model_xN"). BM3D is
+slow (about 12 s per image here), so it runs on the first N images of each set; the other
+methods are also reported on that subset.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def main() -> None:
     parser.add_argument("--sets", default="BSD68,Set12,CBSD68")
     parser.add_argument("--sigmas", default="15,25,50")
     parser.add_argument("--bm3d-images", type=int, default=5)
+    parser.add_argument(
+        "--ensemble", type=int, default=1, help="also the model averaged over N flips/turns"
+    )
     add_run_options(
         parser, Path("bench/results/denoise.json"), "use only the first N images per set"
     )
@@ -80,7 +86,8 @@ def main() -> None:
         "grey_weights_sha256": grey.weights_sha256 if grey is not None else None,
         "sets": {},
     }
-    speeds = Speeds(("model", "nlm", "bm3d"))
+    ensembled = f"model_x{args.ensemble}"
+    speeds = Speeds(("model", *([ensembled] if args.ensemble > 1 else []), "nlm", "bm3d"))
     for set_name in args.sets.split(","):
         images = load_test_set(set_name, args.limit, SUFFIXES, skip_unreadable=True)
         for sigma in (float(s) for s in args.sigmas.split(",")):
@@ -90,6 +97,7 @@ def main() -> None:
                     "noisy",
                     "model",
                     "model_blind",
+                    ensembled,
                     "colour_model",
                     "nlm",
                     "nlm_sub",
@@ -109,6 +117,10 @@ def main() -> None:
                 with speeds.timing("model", mp):
                     out = model.run(noisy, noise_sigma=sigma)
                 rows["model"].append(psnr_uint8(clean, out))
+                if args.ensemble > 1:
+                    with speeds.timing(ensembled, mp):
+                        out = model.run(noisy, noise_sigma=sigma, ensemble=args.ensemble)
+                    rows[ensembled].append(psnr_uint8(clean, out))
                 estimated = estimate_noise_sigma(np.clip(noisy, 0, 1))
                 rows["model_blind"].append(
                     psnr_uint8(clean, model.run(noisy, noise_sigma=estimated))
