@@ -307,7 +307,7 @@ class LanczosUpscale(_Tiled):
 class OperatorChoice(_Tiled):
     """A stage served by several operators, one picked per image by an integer plan parameter:
     the upscale factor (each factor's model, Lanczos for the others) or the number of bands the
-    denoiser gets (a grey model for one-band masters, the colour one for the rest).
+    denoiser gets (a grey model for grey images, the colour one for the rest).
 
     The step records the operator that ran (`operator_for`), never the choice itself.
     """
@@ -340,7 +340,8 @@ def upscale_choice(by_scale: dict[int, Operator]) -> OperatorChoice:
 
 
 def denoise_choice(colour: Operator, grey: Operator) -> OperatorChoice:
-    """The denoise stage with a grey model: it serves one-band masters, `colour` the rest."""
+    """The denoise stage with a grey model: it serves grey images (one band, or grey stored as
+    RGB), `colour` the rest."""
     return OperatorChoice("denoise", "bands", 3, "bands", {1: grey}, colour)
 
 

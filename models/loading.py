@@ -319,10 +319,13 @@ class LoadedModel:
             sigma = max(0.0, levels) / 255.0
 
         x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
+        grey_as_rgb = False
         if c == 1 and self.in_channels == 3:
             x = x.expand(1, 3, h, w)
         elif c == 3 and self.in_channels == 1:
-            x = x.permute(1, 0, 2, 3)  # channels as a batch of 3 grey images
+            # A grey image stored as RGB runs once; other colour ones channel by channel.
+            grey_as_rgb = bool(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
+            x = x[:, :1] if grey_as_rgb else x.permute(1, 0, 2, 3)  # a batch of grey images
         elif c != self.in_channels:
             raise ValueError(f"{self.model_id} takes {self.in_channels} channels, image has {c}")
         m = None
@@ -359,7 +362,7 @@ class LoadedModel:
         if c == 1 and self.in_channels == 3 and self.task != "colorize":
             y = y.mean(dim=1, keepdim=True)
         elif c == 3 and self.in_channels == 1:
-            y = y.permute(1, 0, 2, 3)
+            y = y.expand(1, 3, *y.shape[-2:]) if grey_as_rgb else y.permute(1, 0, 2, 3)
         return np.ascontiguousarray(y[0].permute(1, 2, 0).numpy(), dtype=np.float32)
 
 

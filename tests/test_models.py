@@ -451,6 +451,12 @@ def test_run_adapts_channels_and_pads(tmp_path) -> None:
         np.testing.assert_allclose(
             out[..., k], grey_model.run(colour[..., k : k + 1], noise_sigma=20)[..., 0], atol=1e-5
         )
+    # a grey image stored as RGB: one pass, the same as its single band
+    grey_rgb = np.repeat(grey, 3, axis=2)
+    np.testing.assert_array_equal(
+        grey_model.run(grey_rgb, noise_sigma=20),
+        np.repeat(grey_model.run(grey, noise_sigma=20), 3, axis=2),
+    )
     with pytest.raises(ValueError, match="expected"):
         grey_model.run(colour[..., 0])
     assert grey_model.run(np.zeros((1, 1, 1), np.float32), noise_sigma=5).shape == (1, 1, 1)

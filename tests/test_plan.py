@@ -90,8 +90,14 @@ def test_denoise_defaults_to_8_bit_without_header():
 
 
 def test_denoise_passes_the_band_count_on():
-    assert plan_restoration(_det(bands=1), PlanOptions())["denoise"].params["bands"] == 1
-    assert "bands" not in plan_restoration(_det(), PlanOptions())["denoise"].params
+    def bands(**changes):
+        return plan_restoration(_det(**changes), PlanOptions())["denoise"].params.get("bands")
+
+    assert bands(bands=1) == 1
+    assert bands() is None  # not known: the colour model, as before bands were recorded
+    assert bands(bands=3, colour_kind="colour") == 3
+    assert bands(bands=3, colour_kind="monochrome-tinted") == 3
+    assert bands(bands=3, colour_kind="grayscale") == 1  # a grey print scanned as RGB
 
 
 # ----------------------------------------------------------------------------- inpaint

@@ -116,16 +116,21 @@ def test_denoise_model_follows_the_band_count(restored) -> None:
     colour = default_for("denoise")
     grey = default_for("denoise", in_channels=1) or colour
     assert colour is not None
-    seen = {}
+    seen, grey_content = {}, set()
     for path in source.rglob("*"):
         for history in Catalog(catalog).history(str(path)) if path.is_file() else []:
             for step in history.restorations[0].steps:
+                if step.stage == "detect" and step.metrics.get("colour_kind") == "grayscale":
+                    grey_content.add(path.name)
                 if step.stage == "denoise" and step.status == "applied":
                     seen[path.name] = step.weights_sha256
-    # The one-band sample goes to the grey model (where one ships), the others to the colour one.
+    # The one-band sample (and any grey image stored as RGB) goes to the grey model, where one
+    # ships; the others to the colour one.
+    assert "cameraman_grey.png" in grey_content
     assert seen["cameraman_grey.png"] == grey.weights_sha256
-    others = {sha for name, sha in seen.items() if name != "cameraman_grey.png"}
-    assert others <= {colour.weights_sha256} and others, seen
+    for name, sha in seen.items():
+        assert sha == (grey if name in grey_content else colour).weights_sha256, name
+    assert set(seen) - grey_content, seen
 
 
 def test_bad_inputs_are_recorded_and_the_rest_goes_on(

@@ -74,8 +74,10 @@ def _denoise(det: Detection, opts: PlanOptions) -> StageDecision:
     shown = f"estimated noise sigma {sigma:.{digits}f}"
     if sigma >= limit:
         params = {"sigma": round(sigma, 4), "bit_depth": det.bit_depth or 8}
-        if det.bands is not None:  # a grey model, where one ships, serves one-band masters
-            params["bands"] = int(det.bands)
+        if det.bands is not None:
+            # The bands the denoiser works on: a grey model, where one ships, serves one-band
+            # masters and grey images stored as RGB.
+            params["bands"] = 1 if det.colour_kind == "grayscale" else int(det.bands)
         reason = f"{shown} >= {limit:.{digits}f}"
         return StageDecision("denoise", True, reason, params)
     reason = f"{shown} below {limit:.{digits}f}"
