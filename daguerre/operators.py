@@ -745,21 +745,19 @@ def resolve_operators(
     return out
 
 
-# Stages whose learned operators can average flipped/turned passes (pixel-aligned outputs).
-ENSEMBLE_STAGES = ("denoise", "upscale", "inpaint")
-
-
 def with_ensemble(op: Any, passes: int) -> Any:
     """`op` with its learned models run as a geometric self-ensemble of `passes` (1, 2, 4, 8):
     about that many times slower, a little better (BENCHMARKS.md). Classical operators, and
     stages where outputs are not pixel-aligned, are returned as they are."""
     if passes == 1:
         return op
-    from daguerre.models.inference import ENSEMBLE_PASSES  # torch: only when asked for
+    # torch: only when asked for
+    from daguerre.models.inference import ENSEMBLE_PASSES
+    from daguerre.models.loading import ENSEMBLE_TASKS
 
     if passes not in ENSEMBLE_PASSES:
         raise ValueError(f"ensemble must be one of {ENSEMBLE_PASSES}, got {passes}")
-    if isinstance(op, LearnedOperator) and op.stage in ENSEMBLE_STAGES:
+    if isinstance(op, LearnedOperator) and op.stage in ENSEMBLE_TASKS:
         return replace(op, ensemble=passes)
     if isinstance(op, OperatorChoice):
         by_value = {v: with_ensemble(o, passes) for v, o in op.by_value.items()}
