@@ -342,6 +342,14 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Recipe option KEY=VALUE (e.g. scale=4). Repeatable."),
     ] = None,
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--calibrate",
+            help="damage: folder of undamaged photos never trained on, pooled with the "
+            "validation photos to calibrate the decision threshold. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Train one of our models on clean images degraded on the fly; writes weights + model card.
 
@@ -366,6 +374,7 @@ def train(
             seed=seed,
             progress=progress,
             init_from=init,
+            calibration_dirs=calibrate or (),
             **recipe,
         )
     except ValueError as exc:

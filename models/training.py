@@ -640,6 +640,35 @@ def _psnr(a: Tensor, b: Tensor) -> float:
 
 
 @torch.inference_mode()
+def undamaged_probabilities(
+    model: nn.Module, files: Sequence[Path], device: torch.device, versions: int = 2
+) -> list[np.ndarray]:
+    """Per photo, the damage probabilities the model gives an undamaged photo: the photo as it
+    is and in `versions` aged by the old-photo chain (fading, blur, grain, noise, JPEG), as one
+    flat array. Every third photo is made grey: grey masters must be left alone too."""
+    was_training = model.training
+    model.eval()
+    multiple = PATCH_MULTIPLE["damage"]
+    per_photo = []
+    for index, path in enumerate(files):
+        img = _to_float(read_image(path))
+        img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+        if index % 3 == 2:
+            img = degrade.to_monochrome(img)
+        h, w = img.shape[0] - img.shape[0] % multiple, img.shape[1] - img.shape[1] % multiple
+        probabilities = []
+        for version in range(versions + 1):
+            rng = np.random.default_rng([index, version, 11])
+            undamaged = img[:h, :w]
+            if version:
+                undamaged = degrade.degrade(undamaged, rng, degrade.undamaged_config()).image
+            x = _nchw([_quantise(undamaged)], device)
+            probabilities.append(torch.sigmoid(model(x)).flatten().float().cpu().numpy())
+        per_photo.append(np.concatenate(probabilities))
+    model.train(was_training)
+    return per_photo
+
+
 def calibrate_damage_threshold(
     model: nn.Module,
     files: Sequence[Path],
@@ -648,33 +677,16 @@ def calibrate_damage_threshold(
     versions: int = 2,
 ) -> dict[str, Any]:
     """The damage probability above which a pixel counts as damage: the smallest threshold, and
-    never below 0.5, that marks at most `budget` of the pixels of undamaged validation photos,
-    each as it is and in `versions` aged by the old-photo chain (fading, blur, grain, noise,
-    JPEG): clean scans and worn ones must both be left alone. Every third photo is made grey.
+    never below 0.5, that marks at most `budget` of the pixels of undamaged photos (see
+    `undamaged_probabilities`): clean scans and worn ones must both be left alone.
 
-    Validation photos only (never a test set): the threshold ships with the weights.
+    Photos the model never trained on, and never a test set: the threshold ships with the
+    weights.
     """
-    was_training = model.training
-    model.eval()
-    multiple = PATCH_MULTIPLE["damage"]
-    probabilities = []
-    for index, path in enumerate(files):
-        img = _to_float(read_image(path))
-        img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
-        if index % 3 == 2:  # grey masters must be left alone too
-            img = degrade.to_monochrome(img)
-        h, w = img.shape[0] - img.shape[0] % multiple, img.shape[1] - img.shape[1] % multiple
-        for version in range(versions + 1):
-            rng = np.random.default_rng([index, version, 11])
-            undamaged = img[:h, :w]
-            if version:
-                undamaged = degrade.degrade(undamaged, rng, degrade.undamaged_config()).image
-            x = _nchw([_quantise(undamaged)], device)
-            probabilities.append(torch.sigmoid(model(x)).flatten().float().cpu().numpy())
-    model.train(was_training)
-    if not probabilities:
+    per_photo = undamaged_probabilities(model, files, device, versions)
+    if not per_photo:
         return {}
-    p = np.concatenate(probabilities)
+    p = np.concatenate(per_photo)
     quantile = float(np.quantile(p, 1.0 - budget))
     threshold = min(0.999, max(0.5, math.ceil(quantile * 1000) / 1000))
     return {
@@ -684,8 +696,8 @@ def calibrate_damage_threshold(
         "marked_at_0.5": round(float((p > 0.5).mean()), 5),
         "images": len(files),
         "versions": versions,
-        "protocol": "validation photos (every third made grey) as they are and through the "
-        "old-photo chain without damage (seeds [index, version, 11])",
+        "protocol": "undamaged photos never trained on (every third made grey) as they are and "
+        "through the old-photo chain without damage (seeds [index, version, 11])",
     }
 
 
@@ -870,6 +882,7 @@ def train(
     val_fraction: float = 0.05,
     progress: bool = True,
     init_from: Path | None = None,
+    calibration_dirs: Sequence[Path] = (),
     **recipe: Any,
 ) -> TrainResult:
     """Train our `task` model ("denoise" or "upscale") for `minutes` of wall clock in total.
@@ -879,6 +892,9 @@ def train(
     pass a larger value to extend a finished run). `init_from` warm-starts a fresh run from
     another model's safetensors (tensors whose name and shape match are copied: an x2 body
     for an x4 net, bicubic-protocol weights for a realistic fine-tune); ignored when resuming.
+    `calibration_dirs` (damage only): undamaged photos the model never trains on, pooled with
+    the validation photos to calibrate the decision threshold (20 validation photos alone
+    under-sample fine structure; re-running a finished run re-calibrates and re-exports).
     Writes `out` (safetensors), the model card
     `out.with_suffix(".json")` and keeps the checkpoint `out.with_suffix(".ckpt.pt")`.
     """
@@ -898,6 +914,11 @@ def train(
         if r.loss_stride < 1:
             raise ValueError("loss_stride must be at least 1")
     dirs = check_data_dirs(data_dirs)
+    calibration_files: list[Path] = []
+    if calibration_dirs:
+        if task != "damage":
+            raise ValueError("calibration photos are for damage models only")
+        calibration_files = [p for p, _ in list_images(check_data_dirs(calibration_dirs))]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_path = out.with_suffix(".ckpt.pt")
@@ -909,6 +930,8 @@ def train(
 
     files = list_images(dirs)
     train_files, val_files = split_files(files, val_fraction)
+    if set(calibration_files) & set(train_files):
+        raise ValueError("calibration photos must not be training photos")
     if not train_files:
         raise ValueError(f"no training images (PNG, JPEG, BMP) under {[str(d) for d in dirs]}")
     if r.patch % PATCH_MULTIPLE.get(task, 1):
@@ -1048,7 +1071,11 @@ def train(
         bar.stop()
         torch.set_num_threads(threads_before)
 
-    calibration = calibrate_damage_threshold(model, val_files, dev) if task == "damage" else {}
+    calibration = {}
+    if task == "damage":
+        calibration = calibrate_damage_threshold(model, val_files + calibration_files, dev)
+        if calibration and calibration_files:
+            calibration["extra_dirs"] = [str(d) for d in calibration_dirs]
     shipped_facts = {"decision_threshold": calibration["decision_threshold"]} if calibration else {}
     weights_sha = _write_weights(out, model, task, arch.name, hp, shipped_facts)
     result = TrainResult(

@@ -230,18 +230,8 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     assert f1_score(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
     assert f1_score(np.array([1, 0], bool), np.array([0, 1], bool)) == 0.0
 
-    res = train(
-        "damage",
-        [data_dir],
-        tmp_path / "dmg.safetensors",
-        0.02,
-        progress=False,
-        channels=8,
-        batch_size=2,
-        patch=32,
-        val_patch=48,
-        threads=1,
-    )
+    recipe = dict(channels=8, batch_size=2, patch=32, val_patch=48, threads=1)
+    res = train("damage", [data_dir], tmp_path / "dmg.safetensors", 0.02, progress=False, **recipe)
     card = json.loads(res.card.read_text())
     assert res.metric == "f1" and "val_f1" in card and 0.0 <= card["val_f1"] <= 1.0
     assert card["descriptor"]["out_channels"] == 1
@@ -256,6 +246,24 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     from daguerre.operators import LearnedDamage
 
     assert LearnedDamage(model).threshold == calibration["decision_threshold"]
+
+    # Re-running the finished run with photos it never trained on re-calibrates over them too
+    # and re-exports; training photos (and other tasks) are refused.
+    extra = tmp_path / "calibration"
+    extra.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(extra / f"k{i}.png"), _picture(64, 72, 50 + i)[..., ::-1])
+    again = train(
+        "damage", [data_dir], res.weights, 0.02, progress=False, calibration_dirs=[extra], **recipe
+    )
+    recalibrated = json.loads(again.card.read_text())["calibration"]
+    assert again.steps == res.steps
+    assert recalibrated["images"] == calibration["images"] + 3
+    assert recalibrated["extra_dirs"] == [str(extra.resolve())]
+    with pytest.raises(ValueError, match="must not be training photos"):
+        train("damage", [data_dir], res.weights, 0.02, calibration_dirs=[data_dir], **recipe)
+    with pytest.raises(ValueError, match="damage models only"):
+        train("denoise", [data_dir], tmp_path / "d.safetensors", 0.0, calibration_dirs=[extra])
     with pytest.raises(ValueError, match="multiple of 4"):
         train("damage", [data_dir], tmp_path / "x.safetensors", 0.0, progress=False, patch=30)
 
