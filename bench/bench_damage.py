@@ -41,6 +41,7 @@ from common import (
 
 from daguerre.imaging import degrade as dg
 from daguerre.imaging.detect import damage_mask
+from daguerre.imaging.masks import threshold_damage
 
 Detector = Callable[[np.ndarray], np.ndarray]
 
@@ -78,10 +79,16 @@ def main() -> None:
     detectors: dict[str, Detector] = {"classical": damage_mask}
     results: dict = {"models": {}, "sets": {}}
     for label, (model, path) in load_models("damage", args.model).items():
-        # The pipeline's threshold: the one calibrated in training, else 0.5.
-        threshold = float(LearnedDamage(model).threshold or 0.5)
-        results["models"][label] = model_record(model, path, threshold=threshold)
-        detectors[label] = lambda img, m=model, t=threshold: m.run(img)[:, :, 0] > t
+        # The pipeline's rule: the one calibrated in training (threshold, and grow threshold
+        # where it has one), else 0.5.
+        rule = LearnedDamage(model)
+        threshold, grow = float(rule.threshold or 0.5), rule.grow_threshold
+        results["models"][label] = model_record(
+            model, path, threshold=threshold, grow_threshold=grow
+        )
+        detectors[label] = lambda img, m=model, t=threshold, g=grow: threshold_damage(
+            m.run(img)[:, :, 0], t, g
+        )
 
     recipes = {
         "held-out": dg.damage_held_out_config(),

@@ -7,9 +7,10 @@ Training photos only, never a test set: the detectors' validation split of BSDS5
 what `daguerre train damage` calibrates on) and T91 (91 photos no detector trains on: flowers,
 fruit, faces, with fine bright streaks and edges). Each photo as it is and aged twice by the
 old-photo chain without damage, every third made grey (`undamaged_probabilities`). For each
-model: the threshold each set calibrates (0.3% of pixels marked), the share the other set gets
-marked at it, and how often a threshold calibrated on N random photos of the pool exceeds 0.3%
-on the rest (the spread of the estimate). Decides how many photos calibration needs.
+model: the share each set gets marked by the model's own rule (threshold and grow threshold);
+for plain thresholding, the threshold each set calibrates (0.3% of pixels marked), the share
+the other set gets marked at it, and how often a threshold calibrated on N random photos of
+the pool exceeds 0.3% on the rest (the spread of the estimate).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from common import (
     write_results,
 )
 
+from daguerre.imaging.masks import threshold_damage
 from daguerre.models.training import (
     DAMAGE_MARK_BUDGET,
+    MAX_THRESHOLD,
     check_data_dirs,
     list_images,
     split_files,
@@ -42,13 +45,19 @@ DRAWS = 200
 
 
 def threshold(per_photo: list[np.ndarray], budget: float = DAMAGE_MARK_BUDGET) -> float:
-    """The calibration rule of `calibrate_damage_threshold`."""
+    """The plain-threshold rule of `calibrate_damage_threshold`."""
     quantile = float(np.quantile(np.concatenate(per_photo), 1.0 - budget))
-    return min(0.999, max(0.5, math.ceil(quantile * 1000) / 1000))
+    return min(MAX_THRESHOLD, max(0.5, math.ceil(quantile * 10_000) / 10_000))
 
 
 def marked(per_photo: list[np.ndarray], at: float) -> float:
     return float((np.concatenate(per_photo) > at).mean())
+
+
+def rule_marked(per_photo: list[list[np.ndarray]], t: float, grow: float | None) -> float:
+    """Share of the pixels of all the maps marked by the rule (`threshold_damage`)."""
+    masks = [threshold_damage(m, t, grow) for maps in per_photo for m in maps]
+    return round(float(sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)), 5)
 
 
 def spread(pool: list[np.ndarray], n: int, rng: np.random.Generator) -> dict[str, float]:
@@ -81,14 +90,20 @@ def main() -> None:
     results: dict = {"val_photos": len(val), "t91_photos": len(t91), "models": {}}
     for label, (model, path) in load_models("damage", args.model).items():
         dev = torch.device("cpu")
-        on_val = undamaged_probabilities(model.module, val, dev)
-        on_t91 = undamaged_probabilities(model.module, t91, dev)
+        maps_val = undamaged_probabilities(model.module, val, dev)
+        maps_t91 = undamaged_probabilities(model.module, t91, dev)
+        on_val = [np.concatenate([m.ravel() for m in maps]) for maps in maps_val]
+        on_t91 = [np.concatenate([m.ravel() for m in maps]) for maps in maps_t91]
         pool = on_val + on_t91
+        t, grow = model.decision_threshold or 0.5, model.grow_threshold
+
         rng = np.random.default_rng(0)
         t_val, t_t91, t_pool = threshold(on_val), threshold(on_t91), threshold(pool)
         row = {
             "weights": path,
-            "shipped_threshold": model.decision_threshold,
+            "rule": {"threshold": t, "grow_threshold": grow},
+            "val_marked_by_rule": rule_marked(maps_val, t, grow),
+            "t91_marked_by_rule": rule_marked(maps_t91, t, grow),
             "val_threshold": t_val,
             "t91_marked_at_val_threshold": round(marked(on_t91, t_val), 5),
             "t91_threshold": t_t91,

@@ -22,6 +22,7 @@ import numpy as np
 from daguerre import __version__
 from daguerre.imaging import classical
 from daguerre.imaging.detect import analysis_view
+from daguerre.imaging.masks import threshold_damage
 from daguerre.imaging.tiling import (
     ArraySink,
     ArraySource,
@@ -383,11 +384,14 @@ class ClassicalDamage:
 
 @dataclass
 class LearnedDamage:
-    """A segmentation model's probability map, thresholded. Tiles butt-join (blend 0): the
-    context covers the receptive field, and a thresholded mask cannot be cross-faded."""
+    """A segmentation model's probability map, thresholded (with hysteresis where the model
+    was calibrated with a grow threshold). Tiles butt-join (blend 0): the context covers the
+    receptive field, and a thresholded mask cannot be cross-faded; a region grows within its
+    tile's window (the tile and its context)."""
 
     model: Any  # daguerre.models.loading.LoadedModel
     threshold: float | None = None  # None: the model's calibrated one, else DAMAGE_THRESHOLD
+    grow_threshold: float | None = None  # None: the model's with its own threshold, else none
     stage: str = DAMAGE
     id: str = ""
     version: str = ""
@@ -399,14 +403,16 @@ class LearnedDamage:
         if self.threshold is None:
             calibrated = getattr(self.model, "decision_threshold", None)
             self.threshold = DAMAGE_THRESHOLD if calibrated is None else float(calibrated)
+            if self.grow_threshold is None and calibrated is not None:
+                self.grow_threshold = getattr(self.model, "grow_threshold", None)
 
     def mask_job(self) -> tuple[TileRequirements, MaskFn]:
         req = replace(model_requirements(self.model), blend=0)
-        threshold = self.threshold
+        threshold, grow = self.threshold, self.grow_threshold
         assert threshold is not None  # resolved in __post_init__
 
         def fn(pixels: np.ndarray, tile: Tile) -> np.ndarray:
-            return self.model.run(pixels)[:, :, 0] > threshold
+            return threshold_damage(self.model.run(pixels)[:, :, 0], threshold, grow)
 
         return req, fn
 

@@ -260,6 +260,7 @@ class LoadedModel:
         source: str | None = None,
         fixed_size: int | None = None,
         decision_threshold: float | None = None,
+        grow_threshold: float | None = None,
     ) -> None:
         self.module = module
         self._forward = forward
@@ -281,6 +282,7 @@ class LoadedModel:
         self.fixed_size = fixed_size
         # damage models: the probability above which a pixel is damage, calibrated in training
         self.decision_threshold = decision_threshold
+        self.grow_threshold = grow_threshold  # and the level its regions grow to (hysteresis)
 
     def __repr__(self) -> str:
         return (
@@ -460,6 +462,7 @@ def _ours(
             device=device,
             needs_mask=arch.task == "inpaint",
             decision_threshold=d.decision_threshold,
+            grow_threshold=d.grow_threshold,
         )
     return LoadedModel(
         module=module,
@@ -481,6 +484,7 @@ def _ours(
         needs_mask=arch.task == "inpaint",
         source=source,
         decision_threshold=trained_with.get("decision_threshold"),
+        grow_threshold=trained_with.get("grow_threshold"),
     )
 
 

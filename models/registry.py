@@ -76,6 +76,8 @@ class ModelDescriptor:
     # damage models: the probability above which a pixel is damage (None: 0.5), calibrated on
     # validation images so that undamaged photos are left almost unmarked
     decision_threshold: float | None = None
+    # and the level a region above it is grown to (hysteresis; None: plain thresholding)
+    grow_threshold: float | None = None
     # Shipped, but never a task's default: it runs only when asked for by id
     # (`--model damage=daguerre-damage-s`), e.g. while it misses its quality targets.
     opt_in: bool = False
@@ -115,6 +117,10 @@ def descriptor_problems(d: ModelDescriptor) -> list[str]:
         d.task != "damage" or not 0.0 < d.decision_threshold < 1.0
     ):
         problems.append("decision_threshold is a damage model's probability in (0, 1)")
+    if d.grow_threshold is not None and (
+        d.decision_threshold is None or not 0.0 < d.grow_threshold < d.decision_threshold
+    ):
+        problems.append("grow_threshold is a probability below the decision_threshold")
     if (d.weights_file is None) != (d.weights_sha256 is None):
         problems.append("weights_file and weights_sha256 go together")
     if d.weights_sha256 is not None and (

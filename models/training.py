@@ -31,6 +31,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from daguerre.imaging import degrade
+from daguerre.imaging.masks import probability_regions, threshold_damage
 
 from .arch import Architecture, get_architecture
 from .arch import colorize as colorize_arch
@@ -62,6 +63,12 @@ CARD_VERSION = 1
 # Issue 7's limit for a damage detector: at most 0.3% of an undamaged photo's pixels marked.
 # Inpainting smears every marked pixel, so the decision threshold is calibrated to it.
 DAMAGE_MARK_BUDGET = 0.003
+# Hysteresis levels tried in calibration: a region above one of these is damage as a whole when
+# its peak clears the decision threshold (see `threshold_damage`).
+GROW_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
+# Thresholds are multiples of 1e-4 up to this: a detector's confident false marks (fine bright
+# streaks) sit above 0.999, so a coarser grid or a lower cap would leave no rule within budget.
+MAX_THRESHOLD = 0.9999
 
 
 @dataclass
@@ -642,10 +649,10 @@ def _psnr(a: Tensor, b: Tensor) -> float:
 @torch.inference_mode()
 def undamaged_probabilities(
     model: nn.Module, files: Sequence[Path], device: torch.device, versions: int = 2
-) -> list[np.ndarray]:
-    """Per photo, the damage probabilities the model gives an undamaged photo: the photo as it
-    is and in `versions` aged by the old-photo chain (fading, blur, grain, noise, JPEG), as one
-    flat array. Every third photo is made grey: grey masters must be left alone too."""
+) -> list[list[np.ndarray]]:
+    """Per photo, the (H, W) damage probability maps the model gives it undamaged: as it is,
+    then in `versions` aged by the old-photo chain (fading, blur, grain, noise, JPEG). Every
+    third photo is made grey: grey masters must be left alone too."""
     was_training = model.training
     model.eval()
     multiple = PATCH_MULTIPLE["damage"]
@@ -656,17 +663,32 @@ def undamaged_probabilities(
         if index % 3 == 2:
             img = degrade.to_monochrome(img)
         h, w = img.shape[0] - img.shape[0] % multiple, img.shape[1] - img.shape[1] % multiple
-        probabilities = []
+        maps = []
         for version in range(versions + 1):
             rng = np.random.default_rng([index, version, 11])
             undamaged = img[:h, :w]
             if version:
                 undamaged = degrade.degrade(undamaged, rng, degrade.undamaged_config()).image
             x = _nchw([_quantise(undamaged)], device)
-            probabilities.append(torch.sigmoid(model(x)).flatten().float().cpu().numpy())
-        per_photo.append(np.concatenate(probabilities))
+            maps.append(torch.sigmoid(model(x))[0, 0].float().cpu().numpy())
+        per_photo.append(maps)
     model.train(was_training)
     return per_photo
+
+
+def _grid_up(value: float) -> float:
+    """`value` rounded up to the 1e-4 grid thresholds live on."""
+    return math.ceil(round(value * 10_000, 6)) / 10_000
+
+
+def _lowest_threshold(peaks: np.ndarray, sizes: np.ndarray, allowed: float, floor: float) -> float:
+    """The smallest threshold on the grid, at least `floor`, such that the regions whose peak
+    is above it hold at most `allowed` pixels (inf when even `MAX_THRESHOLD` marks more)."""
+    order = np.argsort(-peaks, kind="stable")
+    fits = int(np.searchsorted(np.cumsum(sizes[order]), allowed, side="right"))
+    first_left_out = float(peaks[order[fits]]) if fits < len(order) else 0.0
+    threshold = max(floor, _grid_up(first_left_out))
+    return threshold if threshold <= MAX_THRESHOLD else math.inf
 
 
 def calibrate_damage_threshold(
@@ -675,29 +697,64 @@ def calibrate_damage_threshold(
     device: torch.device,
     budget: float = DAMAGE_MARK_BUDGET,
     versions: int = 2,
+    validation: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The damage probability above which a pixel counts as damage: the smallest threshold, and
-    never below 0.5, that marks at most `budget` of the pixels of undamaged photos (see
-    `undamaged_probabilities`): clean scans and worn ones must both be left alone.
+    """The decision rule of a damage model: the probability above which a pixel is damage,
+    never below 0.5, and optionally a lower level its region grows to (`threshold_damage`).
 
-    Photos the model never trained on, and never a test set: the threshold ships with the
-    weights.
+    For plain thresholding and for each of `GROW_CANDIDATES`, the smallest threshold that
+    marks at most `budget` of the pixels of undamaged photos (`undamaged_probabilities`): clean
+    scans and worn ones must both be left alone. Of those rules, the one with the best pixel F1
+    on `validation` (damaged crops, truth masks) is kept; plain thresholding without it.
+
+    Photos the model never trained on, and never a test set: the rule ships with the weights.
     """
-    per_photo = undamaged_probabilities(model, files, device, versions)
-    if not per_photo:
+    maps = [m for photo in undamaged_probabilities(model, files, device, versions) for m in photo]
+    if not maps:
         return {}
-    p = np.concatenate(per_photo)
-    quantile = float(np.quantile(p, 1.0 - budget))
-    threshold = min(0.999, max(0.5, math.ceil(quantile * 1000) / 1000))
+    flat = np.concatenate([m.ravel() for m in maps])
+    allowed = budget * flat.size
+    plain = min(MAX_THRESHOLD, max(0.5, _grid_up(float(np.quantile(flat, 1.0 - budget)))))
+    rules: list[dict[str, Any]] = [
+        {"threshold": plain, "grow": None, "marked": float((flat > plain).mean())}
+    ]
+    if validation is not None:
+        for grow in GROW_CANDIDATES:
+            regions = [probability_regions(m, grow)[1:] for m in maps]
+            peaks = np.concatenate([peak[1:] for peak, _ in regions])
+            sizes = np.concatenate([size[1:] for _, size in regions])
+            threshold = _lowest_threshold(peaks, sizes, allowed, floor=_grid_up(grow + 1e-4))
+            if math.isfinite(threshold):
+                marked = float(sizes[peaks > threshold].sum() / flat.size)
+                rules.append({"threshold": threshold, "grow": grow, "marked": marked})
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            logits = torch.cat([model(x) for x in validation[0].split(8)])
+        probabilities = torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+        model.train(was_training)
+        truth = validation[1][:, 0].cpu().numpy() > 0.5
+        for rule in rules:
+            pred = np.stack(
+                [threshold_damage(p, rule["threshold"], rule["grow"]) for p in probabilities]
+            )
+            rule["val_f1"] = round(f1_score(pred, truth), 4)
+    best = max(rules, key=lambda rule: rule.get("val_f1", 0.0))  # first of equals: plain
     return {
-        "decision_threshold": threshold,
+        "decision_threshold": best["threshold"],
+        "grow_threshold": best["grow"],
         "mark_budget": budget,
-        "marked_at_threshold": round(float((p > threshold).mean()), 5),
-        "marked_at_0.5": round(float((p > 0.5).mean()), 5),
+        "marked_at_threshold": round(best["marked"], 5),
+        "marked_at_0.5": round(float((flat > 0.5).mean()), 5),
+        "val_f1": best.get("val_f1"),
+        "rules": [
+            {k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rules
+        ],
         "images": len(files),
         "versions": versions,
         "protocol": "undamaged photos never trained on (every third made grey) as they are and "
-        "through the old-photo chain without damage (seeds [index, version, 11])",
+        "through the old-photo chain without damage (seeds [index, version, 11]); rules "
+        "compared by pixel F1 on the validation damage crops",
     }
 
 
@@ -761,6 +818,10 @@ class _Validation:
             self.inputs = _bicubic_down(self.clean, r.scale)
             up = F.interpolate(self.inputs, scale_factor=r.scale, mode="bicubic")
             self.baseline = _psnr(up.clamp(0, 1), self.clean)
+
+    def damage_crops(self) -> tuple[Tensor, Tensor] | None:
+        """(damaged crops, truth masks) of a damage validation, None when there are none."""
+        return None if self.task != "damage" or self.clean is None else (self.inputs, self.truth)
 
     @torch.inference_mode()
     def __call__(self, model: nn.Module) -> float | None:
@@ -1073,10 +1134,16 @@ def train(
 
     calibration = {}
     if task == "damage":
-        calibration = calibrate_damage_threshold(model, val_files + calibration_files, dev)
+        calibration = calibrate_damage_threshold(
+            model, val_files + calibration_files, dev, validation=validate.damage_crops()
+        )
         if calibration and calibration_files:
             calibration["extra_dirs"] = [str(d) for d in calibration_dirs]
-    shipped_facts = {"decision_threshold": calibration["decision_threshold"]} if calibration else {}
+    shipped_facts = {
+        key: calibration[key]
+        for key in ("decision_threshold", "grow_threshold")
+        if calibration.get(key) is not None
+    }
     weights_sha = _write_weights(out, model, task, arch.name, hp, shipped_facts)
     result = TrainResult(
         weights=out,

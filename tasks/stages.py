@@ -357,9 +357,13 @@ def plan_options(cfg: RestoreConfig) -> PlanOptions:
 
 
 def _threshold_of(detector: object) -> dict[str, float]:
-    """A learned detector's decision threshold, as a step parameter (none for the classical)."""
-    threshold = getattr(detector, "threshold", None)
-    return {} if threshold is None else {"damage_threshold": round(float(threshold), 4)}
+    """A learned detector's decision threshold and grow threshold, as step parameters (none
+    for the classical)."""
+    levels = {
+        "damage_threshold": getattr(detector, "threshold", None),
+        "damage_grow_threshold": getattr(detector, "grow_threshold", None),
+    }
+    return {key: round(float(value), 4) for key, value in levels.items() if value is not None}
 
 
 @task(name="detect", cache_policy=NO_CACHE, task_run_name="detect {asset.relative_path}")

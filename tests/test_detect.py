@@ -265,6 +265,26 @@ def test_damage_mask_handles_tiny_and_grey_inputs():
         assert mask.shape == shape[:2] and not mask.any()
 
 
+def test_threshold_damage_grows_confident_regions_only():
+    from daguerre.imaging.masks import probability_regions, threshold_damage
+
+    p = np.zeros((20, 30), np.float32)
+    p[5, 2:20] = 0.7  # a scratch, faint along most of its length...
+    p[5, 10] = 0.99  # ...and sure in one place
+    p[6, 20] = 0.7  # diagonal neighbour: the same 8-connected region
+    p[15, 2:20] = 0.8  # a streak never sure enough: left alone
+    plain = threshold_damage(p, 0.95)
+    assert plain.sum() == 1 and plain[5, 10]
+    grown = threshold_damage(p, 0.95, 0.6)
+    assert grown[5, 2:20].all() and grown[6, 20] and not grown[15].any()
+    assert grown.sum() == 19
+    assert np.array_equal(threshold_damage(p, 0.95, 0.95), plain)  # no lower level: plain
+    labels, peak, size = probability_regions(p, 0.6)
+    assert labels.dtype == np.int32 and peak[0] == 0 and size[0] == 0
+    assert sorted(size[1:].tolist()) == [18, 19]
+    assert np.isclose(peak[labels[5, 2]], 0.99)
+
+
 # ----------------------------------------------------------------------------- faces
 
 

@@ -196,6 +196,13 @@ def test_decision_threshold_only_for_damage_models() -> None:
     assert denoiser is not None and denoiser.decision_threshold is None
     with pytest.raises(ValueError, match="decision_threshold"):
         replace(denoiser, decision_threshold=0.7)
+    damage = registry.get_descriptor("daguerre-damage-s")
+    assert replace(damage, grow_threshold=0.6).grow_threshold == 0.6
+    for bad in (0.0, damage.decision_threshold):
+        with pytest.raises(ValueError, match="grow_threshold"):
+            replace(damage, grow_threshold=bad)
+    with pytest.raises(ValueError, match="grow_threshold"):
+        replace(damage, decision_threshold=None, grow_threshold=0.6)
 
 
 def test_grey_denoiser_from_colour_is_exact_on_grey() -> None:

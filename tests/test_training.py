@@ -240,12 +240,20 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     assert prob.shape == (30, 41, 1) and prob.min() >= 0.0 and prob.max() <= 1.0
     # The decision threshold is calibrated on validation photos and travels with the weights.
     calibration = card["calibration"]
-    assert 0.5 <= calibration["decision_threshold"] <= 0.999
+    assert 0.5 <= calibration["decision_threshold"] <= 0.9999
     assert calibration["marked_at_threshold"] <= calibration["mark_budget"] + 1e-9
     assert model.decision_threshold == calibration["decision_threshold"]
+    # Plain thresholding and hysteresis rules within the budget, compared on validation F1;
+    # the best one ships (its grow threshold too, None for plain).
+    rules = calibration["rules"]
+    assert rules[0]["grow"] is None and all(r["marked"] <= 0.003 + 1e-9 for r in rules[1:])
+    assert calibration["val_f1"] == max(r["val_f1"] for r in rules)
+    assert model.grow_threshold == calibration["grow_threshold"]
     from daguerre.operators import LearnedDamage
 
-    assert LearnedDamage(model).threshold == calibration["decision_threshold"]
+    detector = LearnedDamage(model)
+    assert detector.threshold == calibration["decision_threshold"]
+    assert detector.grow_threshold == calibration["grow_threshold"]
 
     # Re-running the finished run with photos it never trained on re-calibrates over them too
     # and re-exports; training photos (and other tasks) are refused.
@@ -356,3 +364,15 @@ def test_training_needs_only_cv2_numpy_and_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_lowest_threshold_keeps_the_surest_regions_within_the_allowance() -> None:
+    from daguerre.models.training import _lowest_threshold
+
+    peaks = np.array([0.875, 0.75, 0.9375, 0.5])
+    sizes = np.array([10, 100, 5, 1])
+    # 15 pixels allowed: the two surest regions (5 + 10) fit, 0.75's must be left out
+    assert _lowest_threshold(peaks, sizes, 15, floor=0.6) == 0.75
+    assert _lowest_threshold(peaks, sizes, 4, floor=0.6) == 0.9375
+    assert _lowest_threshold(peaks, sizes, 1000, floor=0.6) == 0.6
+    assert _lowest_threshold(np.array([0.99995]), np.array([9]), 4, floor=0.6) == float("inf")
