@@ -60,7 +60,10 @@ def test_denoise_choice_gives_one_band_masters_the_grey_model() -> None:
     )
 
 
-def _random_damage_model(path) -> str:
+def _random_damage_model(path, rule: dict | None = None) -> str:
+    """Random damage weights; with `rule`, carrying it as `daguerre train` writes it."""
+    import json
+
     import torch
     from safetensors.torch import save_file
 
@@ -68,7 +71,11 @@ def _random_damage_model(path) -> str:
     from daguerre.models.loading import sha256_file
 
     torch.manual_seed(0)
-    save_file(DamageUNet(channels=8).state_dict(), str(path))
+    meta = None
+    if rule is not None:
+        info = {"task": "damage", "architecture": "daguerre-damage-unet", **rule}
+        meta = {"daguerre": json.dumps(info)}
+    save_file(DamageUNet(channels=8).state_dict(), str(path), metadata=meta)
     return sha256_file(path)
 
 
@@ -115,6 +122,15 @@ def test_detect_stage_records_the_damage_model(tmp_path) -> None:
     assert detected.step.parameters["damage"].startswith("user:daguerre-damage-unet@")
     # uncalibrated weights (not written by our trainer): the default threshold, recorded
     assert detected.step.parameters["damage_threshold"] == 0.5
+    assert "damage_grow_threshold" not in detected.step.parameters
+
+    # A calibrated hysteresis rule travels with the weights, is applied and recorded.
+    calibrated = tmp_path / "calibrated.safetensors"
+    _random_damage_model(calibrated, {"decision_threshold": 0.9, "grow_threshold": 0.6})
+    cfg = RestoreConfig(source=str(source), dest=str(dest), models={"damage": str(calibrated)})
+    detected = detect_stage.fn(cfg, 1, asset)
+    assert detected.step.parameters["damage_threshold"] == 0.9
+    assert detected.step.parameters["damage_grow_threshold"] == 0.6
 
 
 def test_ensemble_applies_to_learned_pixel_aligned_stages_only() -> None:
