@@ -15,7 +15,6 @@ the pool exceeds 0.3% on the rest (the spread of the estimate).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,9 @@ from common import (
 from daguerre.imaging.masks import threshold_damage
 from daguerre.models.training import (
     DAMAGE_MARK_BUDGET,
-    MAX_THRESHOLD,
     check_data_dirs,
     list_images,
+    plain_threshold,
     split_files,
     undamaged_probabilities,
 )
@@ -44,10 +43,9 @@ VAL_FRACTION = 0.05  # `train`'s default split
 DRAWS = 200
 
 
-def threshold(per_photo: list[np.ndarray], budget: float = DAMAGE_MARK_BUDGET) -> float:
-    """The plain-threshold rule of `calibrate_damage_threshold`."""
-    quantile = float(np.quantile(np.concatenate(per_photo), 1.0 - budget))
-    return min(MAX_THRESHOLD, max(0.5, math.ceil(quantile * 10_000) / 10_000))
+def threshold(per_photo: list[np.ndarray]) -> float:
+    """The plain-threshold rule of `calibrate_damage_threshold` over these photos."""
+    return plain_threshold(np.concatenate(per_photo))
 
 
 def marked(per_photo: list[np.ndarray], at: float) -> float:
@@ -85,17 +83,20 @@ def main() -> None:
 
     import torch
 
+    from daguerre.operators import LearnedDamage
+
+    dev = torch.device("cpu")
     _, val = split_files(list_images(check_data_dirs(DAMAGE_DIRS)), VAL_FRACTION)
     t91 = [p for p, _ in list_images(check_data_dirs([TRAIN / "T91"]))]
     results: dict = {"val_photos": len(val), "t91_photos": len(t91), "models": {}}
     for label, (model, path) in load_models("damage", args.model).items():
-        dev = torch.device("cpu")
         maps_val = undamaged_probabilities(model.module, val, dev)
         maps_t91 = undamaged_probabilities(model.module, t91, dev)
         on_val = [np.concatenate([m.ravel() for m in maps]) for maps in maps_val]
         on_t91 = [np.concatenate([m.ravel() for m in maps]) for maps in maps_t91]
         pool = on_val + on_t91
-        t, grow = model.decision_threshold or 0.5, model.grow_threshold
+        rule = LearnedDamage(model)  # the pipeline's rule
+        t, grow = float(rule.threshold or 0.5), rule.grow_threshold
 
         rng = np.random.default_rng(0)
         t_val, t_t91, t_pool = threshold(on_val), threshold(on_t91), threshold(pool)

@@ -681,6 +681,13 @@ def _grid_up(value: float) -> float:
     return math.ceil(round(value * 10_000, 6)) / 10_000
 
 
+def plain_threshold(probabilities: np.ndarray, budget: float = DAMAGE_MARK_BUDGET) -> float:
+    """The smallest threshold on the grid, never below 0.5 nor above `MAX_THRESHOLD`, that
+    marks at most `budget` of `probabilities` (pixels of undamaged photos)."""
+    quantile = float(np.quantile(probabilities, 1.0 - budget))
+    return min(MAX_THRESHOLD, max(0.5, _grid_up(quantile)))
+
+
 def _lowest_threshold(peaks: np.ndarray, sizes: np.ndarray, allowed: float, floor: float) -> float:
     """The smallest threshold on the grid, at least `floor`, such that the regions whose peak
     is above it hold at most `allowed` pixels (inf when even `MAX_THRESHOLD` marks more)."""
@@ -714,7 +721,7 @@ def calibrate_damage_threshold(
         return {}
     flat = np.concatenate([m.ravel() for m in maps])
     allowed = budget * flat.size
-    plain = min(MAX_THRESHOLD, max(0.5, _grid_up(float(np.quantile(flat, 1.0 - budget)))))
+    plain = plain_threshold(flat, budget)
     rules: list[dict[str, Any]] = [
         {"threshold": plain, "grow": None, "marked": float((flat > plain).mean())}
     ]
