@@ -732,8 +732,9 @@ def resolve_operators(
     `None` means the stage is not in `steps` or has no operator here (face with no face
     model). The damage detector comes along under "damage" (so it is part of the
     configuration's identity). Loaded models are cached per process so a worker loads each
-    weights file once. `ensemble` > 1: learned denoise, upscale and inpaint operators average
-    that many flipped/turned passes (`with_ensemble`).
+    weights file once (again when an unpinned file is replaced). `ensemble` > 1: learned
+    denoise, upscale and inpaint operators average that many flipped/turned passes
+    (`with_ensemble`).
     """
     from daguerre.records import PIXEL_STAGES
 
@@ -743,12 +744,34 @@ def resolve_operators(
             # Not run, so not loaded: a shipped colorizer must not cost every worker torch.
             out[stage] = None
             continue
-        key = (stage, models.get(stage), device)
+        spec = models.get(stage)
+        key = (stage, spec, device, _weights_version(spec))
         with _cache_lock:
             if key not in _cache:
-                _cache[key] = _make_operator(stage, models.get(stage), device)
+                # A weights file replaced under the same unpinned path: drop the old model.
+                for stale in [k for k in _cache if k[:3] == key[:3]]:
+                    del _cache[stale]
+                _cache[key] = _make_operator(stage, spec, device)
             out[stage] = with_ensemble(_cache[key], ensemble)
     return out
+
+
+def _weights_version(spec: str | None) -> str | None:
+    """The version of the file an unpinned user spec names, so a long-lived worker reloads
+    weights replaced under the same path or key; None for pinned (`#sha256=`), shipped or
+    classical specs, whose content cannot change, and for sources that cannot be read now
+    (loading them then reports why)."""
+    if spec is None or spec == CLASSICAL_SPEC or "#sha256=" in spec:
+        return None
+    from daguerre.models.registry import SHIPPED
+    from daguerre.storage import StorageError, uri_version
+
+    if any(d.id == spec for d in SHIPPED):
+        return None
+    try:
+        return uri_version(spec)
+    except StorageError:
+        return None
 
 
 def with_ensemble(op: Any, passes: int) -> Any:

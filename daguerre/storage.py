@@ -108,6 +108,10 @@ def _file_version(st: os.stat_result, listed_at_ns: int) -> str | None:
     changed = max(st.st_mtime_ns, st.st_ctime_ns)
     if listed_at_ns - changed < VERSION_SETTLE_NS:
         return None
+    return _file_token(st)
+
+
+def _file_token(st: os.stat_result) -> str:
     return f"file:ino={st.st_ino},mtime={st.st_mtime_ns},ctime={st.st_ctime_ns}"
 
 
@@ -234,6 +238,11 @@ class Storage(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def version(self, key: str) -> str | None:
+        """The object's version token now (as ObjectInfo.version, without the settling wait:
+        for noticing a replaced object, not for fingerprints); ObjectNotFound if absent."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> str:
@@ -406,6 +415,16 @@ class LocalStorage(Storage):
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"not a file: {path}")
         return st.st_size
+
+    def version(self, key: str) -> str | None:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"file does not exist: {path}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot stat {path}: {exc.strerror}") from exc
+        return _file_token(st)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -758,6 +777,12 @@ class S3Storage(Storage):
             raise ObjectNotFound(f"object does not exist: {self.uri_for(key)}")
         return int(head["ContentLength"])
 
+    def version(self, key: str) -> str | None:
+        head = self._head(key)
+        if head is None:
+            raise ObjectNotFound(f"object does not exist: {self.uri_for(key)}")
+        return _s3_version(head)
+
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
@@ -955,14 +980,27 @@ def read_uri(uri: str) -> bytes:
     Raises StorageError (ObjectNotFound when it does not exist). Other schemes are refused:
     nothing is fetched from the network but the configured S3 endpoint.
     """
+    storage, key = _storage_and_key(uri)
+    return storage.read_bytes(key)
+
+
+def uri_version(uri: str) -> str | None:
+    """The version token of one object (see ``Storage.version``): it changes when the object
+    is replaced. Raises StorageError (ObjectNotFound when it does not exist)."""
+    storage, key = _storage_and_key(uri)
+    return storage.version(key)
+
+
+def _storage_and_key(uri: str) -> tuple[Storage, str]:
+    """The read-only storage holding one object's URI, and the object's key in it."""
     uri = uri.strip()
     if uri.startswith("s3://"):
         parent, _, key = uri.rstrip("/").rpartition("/")
         if not key or parent in ("s3:", "s3:/"):
             raise StorageError(f"{uri}: expected s3://BUCKET/[PREFIX/]KEY")
-        return open_storage(parent, read_only=True).read_bytes(key)
+        return open_storage(parent, read_only=True), key
     path = _local_path_from_uri(uri)
-    return open_storage(str(path.parent), read_only=True).read_bytes(path.name)
+    return open_storage(str(path.parent), read_only=True), path.name
 
 
 def is_inside(inner_uri: str, outer_uri: str) -> bool:

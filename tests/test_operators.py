@@ -149,3 +149,35 @@ def test_ensemble_applies_to_learned_pixel_aligned_stages_only() -> None:
     assert plain["inpaint"].ensemble == 1  # the cached operator itself is not changed
     with pytest.raises(ValueError, match="ensemble"):
         with_ensemble(inpaint, 3)
+
+
+def test_replaced_user_weights_are_reloaded(tmp_path) -> None:
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from daguerre import operators
+    from daguerre.models.arch.denoise import FFDNetLike
+
+    weights = tmp_path / "denoise.safetensors"
+
+    def write(seed: int) -> None:
+        torch.manual_seed(seed)
+        sd = FFDNetLike(in_channels=3, channels=8, layers=4).state_dict()
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(weights))
+
+    write(0)
+    spec = {"denoise": str(weights)}
+    first = resolve_operators(("denoise",), spec, "cpu")["denoise"]
+    assert resolve_operators(("denoise",), spec, "cpu")["denoise"] is first  # loaded once
+    write(1)  # retrained weights saved over the same path
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # coarse-clock filesystems
+    second = resolve_operators(("denoise",), spec, "cpu")["denoise"]
+    assert second.weights_sha256 != first.weights_sha256
+    assert [k for k in operators._cache if k[:2] == ("denoise", str(weights))] == [
+        ("denoise", str(weights), "cpu", operators._weights_version(str(weights)))
+    ]  # the old model was dropped
+    pinned = f"{weights}#sha256={second.weights_sha256}"
+    assert operators._weights_version(pinned) is None  # pinned content cannot change

@@ -348,7 +348,7 @@ def restored(prefect_harness, tmp_path_factory):
     colorizer = operators.LearnedOperator("colorize", _StandInColorizer())
     with pytest.MonkeyPatch.context() as patch:
         # What resolve_operators gives for colorize on cpu: our stand-in, for this module only.
-        patch.setitem(operators._cache, ("colorize", None, "cpu"), colorizer)
+        patch.setitem(operators._cache, ("colorize", None, "cpu", None), colorizer)
         report = _run(source, dest, catalog)
         outputs = tree_hashes(dest)
         again = _run(source, dest, catalog)

@@ -103,6 +103,17 @@ def test_read_write_exists_size_delete(store: Storage, tmp_path: Path) -> None:
         store.download_to("roll/1.tif", tmp_path / "nothing")
 
 
+def test_version_changes_when_an_object_is_replaced(store: Storage) -> None:
+    uri = store.write_bytes("weights/denoise.safetensors", b"first")
+    first = storage_mod.uri_version(uri)
+    assert first is not None and first == store.version("weights/denoise.safetensors")
+    time.sleep(0.01)  # S3 LastModified and file times move on every write
+    store.write_bytes("weights/denoise.safetensors", b"retrained")
+    assert storage_mod.uri_version(uri) not in (None, first)
+    with pytest.raises(ObjectNotFound):
+        store.version("weights/missing.safetensors")
+
+
 def test_delete_prefix(store: Storage) -> None:
     for key in [".daguerre/run1/a.tif", ".daguerre/run1/sub/b.tif", ".daguerre/run10/c.tif"]:
         store.write_bytes(key, b"x")
