@@ -86,7 +86,7 @@ class Recipe:
     lr_min: float = 1e-6
     schedule: str = "cosine"  # "cosine" or "step" (halve at 50, 75, 90 % of the budget)
     warmup_steps: int = 100
-    loss: str = "l1"  # "l1" or "charbonnier"
+    loss: str = "l1"  # "l1", "l2" or "charbonnier"
     # denoise
     sigma_max: float = 55.0
     # denoise: grey patches (identical noise on identical channels: one model serves grey);
@@ -873,7 +873,9 @@ def _loss(r: Recipe, out: Tensor, target: Tensor) -> Tensor:
         return F.l1_loss(out, target)
     if r.loss == "charbonnier":
         return torch.sqrt((out - target) ** 2 + 1e-6).mean()
-    raise ValueError(f"unknown loss {r.loss!r} (l1, charbonnier)")
+    if r.loss == "l2":  # what PSNR scores: the fine-tune loss for Gaussian-noise benchmarks
+        return F.mse_loss(out, target)
+    raise ValueError(f"unknown loss {r.loss!r} (l1, l2, charbonnier)")
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:

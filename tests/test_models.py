@@ -218,6 +218,18 @@ def test_grey_denoiser_from_colour_is_exact_on_grey() -> None:
         denoise_arch.grey_from_colour(grey.state_dict())
 
 
+def test_deepened_denoiser_computes_the_same() -> None:
+    torch.manual_seed(0)
+    shallow = denoise_arch.FFDNetLike(in_channels=1, channels=8, layers=6).eval()
+    deep = denoise_arch.load(denoise_arch.deepened(shallow.state_dict(), 12)).eval()
+    assert deep.layers == 12
+    x, sigma = torch.rand(2, 1, 10, 12), torch.tensor([0.05, 0.2])
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x, sigma), shallow(x, sigma), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="at least 6"):
+        denoise_arch.deepened(shallow.state_dict(), 4)
+
+
 def test_our_descriptor_loads_verified(tmp_path, monkeypatch) -> None:
     model = _seeded(lambda: denoise_arch.FFDNetLike(**TINY_DENOISE))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)

@@ -130,6 +130,41 @@ def grey_from_colour(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return grey
 
 
+def deepened(state_dict: Mapping[str, Tensor], layers: int, seed: int = 0) -> dict[str, Tensor]:
+    """The state dict of a `layers`-deep net that computes exactly what `state_dict`'s net does.
+
+    New residual pairs are spread between the old ones; each has a freshly initialised first
+    convolution and an all-zero second one, so it starts as the identity (every pair's input
+    has already been through a ReLU). A warm start that adds depth, for capacity a longer run
+    can use, without losing what the shallower net learned.
+    """
+    hp = hyperparameters_from_state_dict(state_dict)
+    old_pairs, new_pairs = (hp["layers"] - 2) // 2, (layers - 2) // 2
+    if layers % 2 or new_pairs < old_pairs:
+        raise ValueError(f"layers must be even and at least {hp['layers']}, got {layers}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = FFDNetLike(hp["in_channels"], hp["channels"], layers).state_dict()
+    # Pair j of the deeper net is old pair order[j], or a new identity pair where None.
+    added = new_pairs - old_pairs
+    order: list[int | None] = []
+    for i in range(old_pairs):
+        order.append(i)
+        if i < added:
+            order.append(None)
+    order.extend([None] * (new_pairs - len(order)))
+    out = {k: v.clone() for k, v in state_dict.items() if not k.startswith("blocks.")}
+    for j, old in enumerate(order):
+        for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"):
+            if old is not None:
+                out[f"blocks.{j}.{name}"] = state_dict[f"blocks.{old}.{name}"].clone()
+            elif name.startswith("conv1"):
+                out[f"blocks.{j}.{name}"] = fresh[f"blocks.{j}.{name}"].clone()
+            else:
+                out[f"blocks.{j}.{name}"] = torch.zeros_like(fresh[f"blocks.{j}.{name}"])
+    return out
+
+
 def load(state_dict: Mapping[str, Tensor]) -> FFDNetLike:
     """Build the net from a state dict (strict: every tensor must match)."""
     model = FFDNetLike(**hyperparameters_from_state_dict(state_dict))
