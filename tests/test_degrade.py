@@ -166,6 +166,17 @@ def test_degrade_mask_covers_all_damage() -> None:
         assert delta[~res.damage_mask].max(initial=0.0) <= dg.VISIBLE_DELTA
 
 
+def test_unaged_held_out_damage_changes_only_what_it_marks() -> None:
+    cfg = dg.damage_held_out_config(aged=False)
+    assert all(getattr(cfg, step) == 0.0 for step in dg.AGING_STEPS)
+    assert cfg.scratch_colour_mode == dg.damage_held_out_config().scratch_colour_mode
+    img = _picture(128, 128)
+    res = dg.degrade(img, np.random.default_rng(0), cfg)
+    assert {"scratches", "dust"} <= set(res.params) and res.damage_mask.any()
+    delta = np.abs(res.image - img).max(axis=2)
+    assert delta[~res.damage_mask].max(initial=0.0) <= dg.VISIBLE_DELTA  # no tone, blur, noise
+
+
 def test_scratches_and_dust_vary_in_brightness_and_width() -> None:
     """Damage must not be a few fixed colours: over seeds it is brighter and darker than the
     background, with several contrast levels and widths."""

@@ -1192,11 +1192,32 @@ def damage_training_config() -> DegradationConfig:
     )
 
 
-def damage_held_out_config() -> DegradationConfig:
+# The steps of the old-photo chain that are not damage: tone, optics and resolution, noise.
+AGING_STEPS = (
+    "p_monochrome",
+    "p_fade",
+    "p_sepia",
+    "p_yellowing",
+    "p_paper_texture",
+    "p_halftone",
+    "p_blur",
+    "p_motion_blur",
+    "p_downscale",
+    "p_grain",
+    "p_gaussian",
+    "p_poisson",
+    "p_jpeg",
+)
+
+
+def damage_held_out_config(aged: bool = True) -> DegradationConfig:
     """The benchmark's chain: every image scratched and dusty, with the held-out colours,
-    scratch widths and dust sizes; stains and folds/tears as in training."""
+    scratch widths and dust sizes; stains and folds/tears as in training. `aged=False` draws
+    the same damage on the image as it is (none of `AGING_STEPS`)."""
+    aging = {} if aged else dict.fromkeys(AGING_STEPS, 0.0)
     return replace(
         DegradationConfig(),
+        **aging,
         p_stains=0.3,
         p_tears_folds=0.12,
         p_scratches=1.0,
