@@ -476,7 +476,7 @@ def _ours(
         in_channels=hp.get("in_channels", 3),
         out_channels=1 if arch.task == "damage" else hp.get("in_channels", 3),
         weights_sha256=sha,
-        size_requirements=SizeRequirements(multiple_of=arch.multiple_of),
+        size_requirements=SizeRequirements(multiple_of=arch.multiple_of(hp)),
         tiling="supported",
         receptive_overlap=radius,
         takes_noise_level=arch.takes_noise_level,

@@ -53,12 +53,8 @@ ARCH_OF_TASK = {
     "inpaint": inpaint_arch.ARCH_NAME,
     "colorize": colorize_arch.ARCH_NAME,
 }
-# Input sides must be multiples of these (strided levels); patches are checked against them.
-PATCH_MULTIPLE = {
-    "damage": damage_arch.MULTIPLE_OF,
-    "inpaint": inpaint_arch.MULTIPLE_OF,
-    "colorize": colorize_arch.MULTIPLE_OF,
-}
+# U-Nets: their depth is fixed by their levels, so `layers` does not apply to them.
+UNET_TASKS = ("damage", "inpaint", "colorize")
 CARD_VERSION = 1
 # Issue 7's limit for a damage detector: at most 0.3% of an undamaged photo's pixels marked.
 # Inpainting smears every marked pixel, so the decision threshold is calibrated to it.
@@ -125,6 +121,7 @@ class Recipe:
     layers: int | None = None
     channels: int | None = None
     in_channels: int = 3
+    context_levels: int | None = None  # damage: coarse levels below the U-Net's three
     # bookkeeping
     checkpoint_minutes: float = 5.0
     val_minutes: float = 1.0
@@ -153,11 +150,22 @@ class Recipe:
             hp = dict(upscale_arch.DEFAULT_HYPERPARAMETERS)
             hp["scale"] = self.scale
         hp["in_channels"] = self.in_channels
-        if self.layers is not None and task not in PATCH_MULTIPLE:
+        if self.layers is not None and task not in UNET_TASKS:
             hp["layers"] = self.layers
+        if self.context_levels is not None:
+            if task != "damage":
+                raise ValueError("context_levels is a damage detector's hyperparameter")
+            hp["context_levels"] = self.context_levels
         if self.channels is not None:
             hp["channels"] = self.channels
         return hp
+
+
+def patch_multiple(task: str, hp: Mapping[str, Any]) -> int:
+    """What training and validation crops' sides must be a multiple of."""
+    if task == "upscale":
+        return int(hp.get("scale", 1))
+    return get_architecture(ARCH_OF_TASK[task]).multiple_of(hp)
 
 
 @dataclass
@@ -655,7 +663,7 @@ def undamaged_probabilities(
     third photo is made grey: grey masters must be left alone too."""
     was_training = model.training
     model.eval()
-    multiple = PATCH_MULTIPLE["damage"]
+    multiple = damage_arch.multiple_of(model.hyperparameters)
     per_photo = []
     for index, path in enumerate(files):
         img = _to_float(read_image(path))
@@ -780,7 +788,7 @@ class _Validation:
         self.task, self.r = task, r
         self.metric = "f1" if task == "damage" else "psnr"
         self.baseline: float | None = None
-        multiple = {"upscale": r.scale, **PATCH_MULTIPLE}.get(task, 2)
+        multiple = patch_multiple(task, r.hyperparameters(task))
         size = r.val_patch - r.val_patch % multiple
         crops = []
         for p in files[: r.val_patches]:
@@ -1004,8 +1012,8 @@ def train(
         raise ValueError("calibration photos must not be training photos")
     if not train_files:
         raise ValueError(f"no training images (PNG, JPEG, BMP) under {[str(d) for d in dirs]}")
-    if r.patch % PATCH_MULTIPLE.get(task, 1):
-        raise ValueError(f"{task} training needs a patch multiple of {PATCH_MULTIPLE[task]}")
+    if r.patch % patch_multiple(task, hp):
+        raise ValueError(f"{task} training needs a patch multiple of {patch_multiple(task, hp)}")
     min_side = r.patch * (r.scale if task == "upscale" else 1)
     if task == "damage":
         min_side = _damage_canvas(r)
@@ -1296,7 +1304,7 @@ def _card(
             "scale": scale,
             "in_channels": hp.get("in_channels", 3),  # colorize: RGB (or grey) in, RGB out
             "out_channels": 1 if task == "damage" else hp.get("in_channels", 3),
-            "size_requirements": {"minimum": 0, "multiple_of": arch.multiple_of},
+            "size_requirements": {"minimum": 0, "multiple_of": arch.multiple_of(hp)},
             "tiling": "supported",
             "receptive_overlap": arch.receptive_radius(hp),
             "supports_half": True,

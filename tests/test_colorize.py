@@ -121,7 +121,7 @@ def test_decode_and_encode_round_trip() -> None:
 
 def test_arch_shapes_round_trip_and_size(tmp_path) -> None:
     arch = get_architecture(C.ARCH_NAME)
-    assert arch.task == "colorize" and arch.multiple_of == 8
+    assert arch.task == "colorize" and arch.multiple_of({}) == 8
     model = _seeded(lambda: arch.build(channels=8)).eval()
     lightness = torch.rand(2, 1, 16, 24)
     with torch.no_grad():

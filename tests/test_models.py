@@ -230,6 +230,32 @@ def test_deepened_denoiser_computes_the_same() -> None:
         denoise_arch.deepened(shallow.state_dict(), 4)
 
 
+def test_damage_context_levels_start_exact_and_stay_within_their_radius() -> None:
+    from daguerre.models.arch import damage as damage_arch
+
+    shallow = _seeded(lambda: damage_arch.DamageUNet(channels=4)).eval()
+    deep = _seeded(lambda: damage_arch.DamageUNet(channels=4, context_levels=2), seed=1).eval()
+    missing = deep.load_state_dict(shallow.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("context.") for k in missing)
+    hp = damage_arch.hyperparameters_from_state_dict(deep.state_dict())
+    assert hp == {"in_channels": 3, "channels": 4, "context_levels": 2}
+    assert damage_arch.multiple_of(hp) == 16
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), shallow(x))  # new levels add zero at first
+    with pytest.raises(ValueError, match="multiples of 16"):
+        deep(torch.rand(1, 3, 24, 48))
+    # Once trained (non-zero lift), the field reaches further, but not past the radius.
+    for level in deep.context:
+        torch.nn.init.normal_(level.lift.weight, std=0.1)
+    x = torch.rand(1, 3, 512, 512, requires_grad=True)
+    deep(x)[0, 0, 256, 256].backward()
+    assert x.grad is not None
+    ys, xs = torch.nonzero(x.grad[0].abs().sum(0)).unbind(1)
+    reach = int(max((ys - 256).abs().max(), (xs - 256).abs().max()))
+    assert damage_arch.RECEPTIVE_RADIUS < reach <= damage_arch.receptive_radius(hp)
+
+
 def test_our_descriptor_loads_verified(tmp_path, monkeypatch) -> None:
     model = _seeded(lambda: denoise_arch.FFDNetLike(**TINY_DENOISE))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)

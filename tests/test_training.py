@@ -275,6 +275,33 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         train("damage", [data_dir], tmp_path / "x.safetensors", 0.0, progress=False, patch=30)
 
+    # A deeper detector warm-started from these weights: its context level starts at zero.
+    deeper = train(
+        "damage",
+        [data_dir],
+        tmp_path / "deeper.safetensors",
+        0.02,
+        progress=False,
+        init_from=res.weights,
+        **{**recipe, "context_levels": 1},
+    )
+    deep_card = json.loads(deeper.card.read_text())
+    assert deep_card["hyperparameters"]["context_levels"] == 1
+    assert deep_card["init_from"]["tensors_copied"] == len(load_file_keys(res.weights))
+    deep = load_user_model("damage", str(deeper.weights), None, "cpu")
+    assert deep.size_requirements.multiple_of == 8 and deep.receptive_overlap > 48
+    with pytest.raises(ValueError, match="multiple of 8"):
+        train("damage", [data_dir], tmp_path / "y.safetensors", 0.0, patch=36, context_levels=1)
+    with pytest.raises(ValueError, match="damage detector"):
+        train("denoise", [data_dir], tmp_path / "z.safetensors", 0.0, context_levels=1)
+
+
+def load_file_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
+
 
 def test_inpaint_training_smoke_and_use(data_dir, tmp_path) -> None:
     from daguerre.models.training import degrade_for_inpaint

@@ -27,7 +27,8 @@ class Architecture:
     load: Callable[[Mapping[str, Tensor]], nn.Module]
     default_hyperparameters: Mapping[str, Any]
     takes_noise_level: bool
-    multiple_of: int
+    # What input sides must be a multiple of, as a function of the hyperparameters.
+    multiple_of: Callable[[Mapping[str, Any]], int]
     # Receptive radius in input pixels as a function of the hyperparameters: the context a tile
     # needs on each side for its interior to equal the untiled result.
     receptive_radius: Callable[[Mapping[str, Any]], int]
@@ -50,7 +51,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         load=denoise.load,
         default_hyperparameters=denoise.DEFAULT_HYPERPARAMETERS,
         takes_noise_level=True,
-        multiple_of=2,
+        multiple_of=lambda hp: 2,
         # Every 3x3 convolution at half resolution widens the field by 2 full-res pixels.
         receptive_radius=lambda hp: 2 * int(hp["layers"]) + 2,
     ),
@@ -63,7 +64,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         load=upscale.load,
         default_hyperparameters=upscale.DEFAULT_HYPERPARAMETERS,
         takes_noise_level=False,
-        multiple_of=1,
+        multiple_of=lambda hp: 1,
         receptive_radius=lambda hp: int(hp["layers"]) + 2,  # + 2: the bicubic skip
     ),
     Architecture(
@@ -75,8 +76,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         load=damage.load,
         default_hyperparameters=damage.DEFAULT_HYPERPARAMETERS,
         takes_noise_level=False,
-        multiple_of=damage.MULTIPLE_OF,
-        receptive_radius=lambda hp: damage.RECEPTIVE_RADIUS,
+        multiple_of=damage.multiple_of,
+        receptive_radius=damage.receptive_radius,
     ),
     Architecture(
         name=inpaint.ARCH_NAME,
@@ -87,7 +88,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         load=inpaint.load,
         default_hyperparameters=inpaint.DEFAULT_HYPERPARAMETERS,
         takes_noise_level=False,
-        multiple_of=inpaint.MULTIPLE_OF,
+        multiple_of=lambda hp: inpaint.MULTIPLE_OF,
         receptive_radius=lambda hp: inpaint.RECEPTIVE_RADIUS,
     ),
     Architecture(
@@ -99,7 +100,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         load=colorize.load,
         default_hyperparameters=colorize.DEFAULT_HYPERPARAMETERS,
         takes_noise_level=False,
-        multiple_of=colorize.MULTIPLE_OF,
+        multiple_of=lambda hp: colorize.MULTIPLE_OF,
         receptive_radius=lambda hp: colorize.RECEPTIVE_RADIUS,
     ),
 )
