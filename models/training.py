@@ -1047,7 +1047,9 @@ def train(
 
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["task"] != task or state["hyperparameters"] != hp:
+        # Hyperparameters added later (context_levels) are absent from older checkpoints.
+        saved_hp = {**arch.default_hyperparameters, **state["hyperparameters"]}
+        if state["task"] != task or saved_hp != {**arch.default_hyperparameters, **hp}:
             raise ValueError(
                 f"checkpoint {ckpt_path} is for {state['task']} {state['hyperparameters']}, "
                 f"not {task} {hp}; delete it or pass resume=False"

@@ -275,6 +275,13 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         train("damage", [data_dir], tmp_path / "x.safetensors", 0.0, progress=False, patch=30)
 
+    # A checkpoint written before context_levels existed still resumes.
+    state = torch.load(res.checkpoint, weights_only=True)
+    del state["hyperparameters"]["context_levels"]
+    torch.save(state, res.checkpoint)
+    resumed = train("damage", [data_dir], res.weights, 0.02, progress=False, **recipe)
+    assert resumed.steps == res.steps
+
     # A deeper detector warm-started from these weights: its context level starts at zero.
     deeper = train(
         "damage",
