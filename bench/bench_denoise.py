@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_denoise.py \
         --weights models/weights/daguerre-denoise-s.safetensors \
         [--grey-weights models/weights/daguerre-denoise-grey-s.safetensors] \
+        [--grey-baseline OTHER_GREY_WEIGHTS] \
         [--sets BSD68,Set12,CBSD68] [--sigmas 15,25,50] [--bm3d-images 5] [--threads 2] \
         [--ensemble 8]
 
@@ -13,7 +14,9 @@ Our model gets the true sigma (non-blind, as FFDNet is reported) and, separately
 detection estimates (blind, as the pipeline runs it). With --grey-weights, grey images go to
 that model, as the pipeline sends one-band masters to a shipped grey model; the colour model's
 scores on them are kept beside ("colour_model"). With --ensemble N, the same model averaged over
-N flips/turns (`--ensemble` of the pipeline) is scored and timed beside ("model_xN"). BM3D is
+N flips/turns (`--ensemble` of the pipeline) is scored and timed beside ("model_xN"). With
+--grey-baseline, another grey model is scored and timed on the same grey images beside
+("grey_baseline", "grey_baseline_xN"): a new grey model against the shipped one. BM3D is
 slow (about 12 s per image here), so it runs on the first N images of each set; the other
 methods are also reported on that subset.
 """
@@ -55,6 +58,7 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--grey-weights", type=Path, default=None)
+    parser.add_argument("--grey-baseline", type=Path, default=None)
     parser.add_argument("--sets", default="BSD68,Set12,CBSD68")
     parser.add_argument("--sigmas", default="15,25,50")
     parser.add_argument("--bm3d-images", type=int, default=5)
@@ -75,6 +79,9 @@ def main() -> None:
     grey = None
     if args.grey_weights is not None:
         grey = load_user_model("denoise", str(args.grey_weights), device="cpu")
+    baseline = None
+    if args.grey_baseline is not None:
+        baseline = load_user_model("denoise", str(args.grey_baseline), device="cpu")
     try:
         import bm3d
     except ImportError:  # the `bench` extra
@@ -84,10 +91,17 @@ def main() -> None:
         "weights_sha256": colour.weights_sha256,
         "model_id": colour.model_id,
         "grey_weights_sha256": grey.weights_sha256 if grey is not None else None,
+        "grey_baseline_sha256": baseline.weights_sha256 if baseline is not None else None,
         "sets": {},
     }
     ensembled = f"model_x{args.ensemble}"
-    speeds = Speeds(("model", *([ensembled] if args.ensemble > 1 else []), "nlm", "bm3d"))
+    base_ensembled = f"grey_baseline_x{args.ensemble}"
+    timed = ["model", "nlm", "bm3d"]
+    if baseline is not None:
+        timed.append("grey_baseline")
+    if args.ensemble > 1:
+        timed += [ensembled] + ([base_ensembled] if baseline is not None else [])
+    speeds = Speeds(tuple(timed))
     for set_name in args.sets.split(","):
         images = load_test_set(set_name, args.limit, SUFFIXES, skip_unreadable=True)
         for sigma in (float(s) for s in args.sigmas.split(",")):
@@ -99,6 +113,8 @@ def main() -> None:
                     "model_blind",
                     ensembled,
                     "colour_model",
+                    "grey_baseline",
+                    base_ensembled,
                     "nlm",
                     "nlm_sub",
                     "model_sub",
@@ -121,6 +137,14 @@ def main() -> None:
                     with speeds.timing(ensembled, mp):
                         out = model.run(noisy, noise_sigma=sigma, ensemble=args.ensemble)
                     rows[ensembled].append(psnr_uint8(clean, out))
+                if baseline is not None and clean.shape[2] == 1:
+                    with speeds.timing("grey_baseline", mp):
+                        out = baseline.run(noisy, noise_sigma=sigma)
+                    rows["grey_baseline"].append(psnr_uint8(clean, out))
+                    if args.ensemble > 1:
+                        with speeds.timing(base_ensembled, mp):
+                            out = baseline.run(noisy, noise_sigma=sigma, ensemble=args.ensemble)
+                        rows[base_ensembled].append(psnr_uint8(clean, out))
                 estimated = estimate_noise_sigma(np.clip(noisy, 0, 1))
                 rows["model_blind"].append(
                     psnr_uint8(clean, model.run(noisy, noise_sigma=estimated))
