@@ -60,8 +60,9 @@ def test_denoise_choice_gives_one_band_masters_the_grey_model() -> None:
     )
 
 
-def _random_damage_model(path, rule: dict | None = None) -> str:
-    """Random damage weights; with `rule`, carrying it as `daguerre train` writes it."""
+def _random_damage_model(path, rule: dict | None = None, context_levels: int = 0) -> str:
+    """Random damage weights (context levels switched on); with `rule`, carrying it as
+    `daguerre train` writes it."""
     import json
 
     import torch
@@ -75,11 +76,15 @@ def _random_damage_model(path, rule: dict | None = None) -> str:
     if rule is not None:
         info = {"task": "damage", "architecture": "daguerre-damage-unet", **rule}
         meta = {"daguerre": json.dumps(info)}
-    save_file(DamageUNet(channels=8).state_dict(), str(path), metadata=meta)
+    model = DamageUNet(channels=8, context_levels=context_levels)
+    for level in model.context:
+        torch.nn.init.normal_(level.lift.weight, std=0.1)  # zero at first: not a test of them
+    save_file(model.state_dict(), str(path), metadata=meta)
     return sha256_file(path)
 
 
-def test_learned_damage_detector_tiles_like_the_whole_image(tmp_path) -> None:
+@pytest.mark.parametrize("context_levels", [0, 1])
+def test_learned_damage_detector_tiles_like_the_whole_image(tmp_path, context_levels) -> None:
     import numpy as np
 
     from daguerre.imaging.tiling import tile_array
@@ -87,18 +92,19 @@ def test_learned_damage_detector_tiles_like_the_whole_image(tmp_path) -> None:
 
     assert isinstance(damage_detector({"damage": "classical"}, "cpu"), ClassicalDamage)
     path = tmp_path / "damage.safetensors"
-    sha = _random_damage_model(path)
+    sha = _random_damage_model(path, context_levels=context_levels)
     detector = damage_detector({"damage": str(path)}, "cpu")
     assert isinstance(detector, LearnedDamage) and detector.weights_sha256 == sha
     req, mask_fn = detector.mask_job()
-    assert req.blend == 0 and req.multiple_of == 4 and req.context >= 48
+    assert req.blend == 0 and req.multiple_of == 4 * 2**context_levels
+    assert req.context >= (48, 70)[context_levels]  # the measured reach (test_models)
     img = np.random.default_rng(0).random((150, 173, 3), dtype=np.float32)
 
     def prob(pixels, tile):
         return detector.model.run(pixels)
 
     whole = detector.model.run(img)
-    tiled = tile_array(img, prob, req, tile=128)
+    tiled = tile_array(img, prob, req, tile=128 + 64 * context_levels)
     assert np.abs(tiled - whole).max() < 1e-4
     assert mask_fn(img, None).shape == (150, 173)
 
