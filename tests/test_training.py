@@ -241,6 +241,7 @@ def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     # The decision threshold is calibrated on validation photos and travels with the weights.
     calibration = card["calibration"]
     assert 0.5 <= calibration["decision_threshold"] <= 0.9999
+    assert calibration["versions"] == Recipe().calibration_versions == 4
     assert calibration["marked_at_threshold"] <= calibration["mark_budget"] + 1e-9
     assert model.decision_threshold == calibration["decision_threshold"]
     # Plain thresholding and hysteresis rules within the budget, compared on validation F1;
