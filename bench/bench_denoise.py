@@ -130,21 +130,15 @@ def main() -> None:
                     rows["colour_model"].append(
                         psnr_uint8(clean, colour.run(noisy, noise_sigma=sigma))
                     )
-                with speeds.timing("model", mp):
-                    out = model.run(noisy, noise_sigma=sigma)
-                rows["model"].append(psnr_uint8(clean, out))
-                if args.ensemble > 1:
-                    with speeds.timing(ensembled, mp):
-                        out = model.run(noisy, noise_sigma=sigma, ensemble=args.ensemble)
-                    rows[ensembled].append(psnr_uint8(clean, out))
+                nets = [(model, "model", ensembled)]
                 if baseline is not None and clean.shape[2] == 1:
-                    with speeds.timing("grey_baseline", mp):
-                        out = baseline.run(noisy, noise_sigma=sigma)
-                    rows["grey_baseline"].append(psnr_uint8(clean, out))
-                    if args.ensemble > 1:
-                        with speeds.timing(base_ensembled, mp):
-                            out = baseline.run(noisy, noise_sigma=sigma, ensemble=args.ensemble)
-                        rows[base_ensembled].append(psnr_uint8(clean, out))
+                    nets.append((baseline, "grey_baseline", base_ensembled))
+                for net, key, key_ensembled in nets:  # once, and averaged with --ensemble
+                    for passes, label in ((1, key), (args.ensemble, key_ensembled)):
+                        if label == key or passes > 1:
+                            with speeds.timing(label, mp):
+                                out = net.run(noisy, noise_sigma=sigma, ensemble=passes)
+                            rows[label].append(psnr_uint8(clean, out))
                 estimated = estimate_noise_sigma(np.clip(noisy, 0, 1))
                 rows["model_blind"].append(
                     psnr_uint8(clean, model.run(noisy, noise_sigma=estimated))

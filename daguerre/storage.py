@@ -404,7 +404,7 @@ class LocalStorage(Storage):
             except OSError as exc:
                 raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
-    def size(self, key: str) -> int:
+    def _stat(self, key: str) -> os.stat_result:
         path = self._path(key)
         try:
             st = path.stat()
@@ -414,17 +414,13 @@ class LocalStorage(Storage):
             raise StorageError(f"cannot stat {path}: {exc.strerror}") from exc
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"not a file: {path}")
-        return st.st_size
+        return st
+
+    def size(self, key: str) -> int:
+        return self._stat(key).st_size
 
     def version(self, key: str) -> str | None:
-        path = self._path(key)
-        try:
-            st = path.stat()
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"file does not exist: {path}") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot stat {path}: {exc.strerror}") from exc
-        return _file_token(st)
+        return _file_token(self._stat(key))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
