@@ -15,12 +15,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    import daguerre
+# At import, not under __main__: data workers are spawned processes that import this file
+# again (as __mp_main__) before they unpickle their work, and need the same mapping.
+sys.path.insert(0, str(ROOT))
+import daguerre  # noqa: E402
 
-    # daguerre.models, .flows and .tasks live at the checkout's top level.
+# daguerre.models, .flows and .tasks live at the checkout's top level.
+if str(ROOT) not in daguerre.__path__:
     daguerre.__path__.append(str(ROOT))
+
+if __name__ == "__main__":
     from daguerre.models.training import main
 
     main()

@@ -138,6 +138,10 @@ class Recipe:
     # None: os.cpu_count(). On a shared, busy machine 1 can be much faster than 2 (OpenMP
     # threads spin-waiting on each other): measured 30x on a tiny net under load.
     threads: int | None = None
+    # Processes that make the batches (`BatchStream`); 0: the training process itself. A GPU
+    # needs many (one core draws about 100 damage or 2,000 denoising patches a second); on
+    # a CPU they only take cores from the model.
+    data_workers: int = 0
 
     def hyperparameters(self, task: str) -> dict[str, int]:
         if task == "denoise":
@@ -500,30 +504,28 @@ def _to_channels(t: Tensor, in_channels: int) -> Tensor:
     return t if in_channels == 3 else t.mean(dim=1, keepdim=True)
 
 
-def _denoise_batch(
-    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
+def _stacked(items: Sequence[np.ndarray]) -> Tensor:
+    """(N, C, H, W) float32 CPU tensor of (H, W, C) arrays, channels_last in memory (a view)."""
+    return torch.from_numpy(np.stack(items).astype(np.float32, copy=False)).permute(0, 3, 1, 2)
+
+
+def _denoise_arrays(data: _Data, r: Recipe, rng: np.random.Generator) -> tuple[Tensor, ...]:
     cleans, noisys, sigmas = [], [], []
     for _ in range(r.batch_size):
         c, n, s = degrade_for_denoise(data.patch(r.patch, rng), rng, r)
         cleans.append(c)
         noisys.append(n)
         sigmas.append(s)
-    clean = _to_channels(_nchw(cleans, device), r.in_channels)
-    noisy = _to_channels(_nchw(noisys, device), r.in_channels)
-    return noisy, clean, torch.tensor(sigmas, dtype=torch.float32, device=device) / 255.0
+    sigma = torch.tensor(sigmas, dtype=torch.float32) / 255.0
+    return _stacked(noisys), _stacked(cleans), sigma
 
 
-def _upscale_batch(
-    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
-) -> tuple[Tensor, Tensor]:
+def _upscale_arrays(data: _Data, r: Recipe, rng: np.random.Generator) -> tuple[Tensor, ...]:
+    """(hr,) for the bicubic protocol (its LR is made on the device), else (lr, hr)."""
     hrs = [data.patch(r.patch * r.scale, rng) for _ in range(r.batch_size)]
-    hr = _nchw(hrs, device)
-    if r.realistic:
-        lr = _nchw([degrade_for_upscale(h, r.scale, rng) for h in hrs], device)
-    else:
-        lr = _bicubic_down(hr, r.scale)
-    return _to_channels(lr, r.in_channels), _to_channels(hr, r.in_channels)
+    if not r.realistic:
+        return (_stacked(hrs),)
+    return _stacked([degrade_for_upscale(h, r.scale, rng) for h in hrs]), _stacked(hrs)
 
 
 def _damage_canvas(r: Recipe) -> int:
@@ -531,31 +533,58 @@ def _damage_canvas(r: Recipe) -> int:
     return round(r.patch * max(1.0, r.damage_context))
 
 
-def _damage_batch(
-    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
-) -> tuple[Tensor, Tensor]:
+def _damage_arrays(data: _Data, r: Recipe, rng: np.random.Generator) -> tuple[Tensor, ...]:
     images, masks = [], []
     for _ in range(r.batch_size):
         canvas = data.patch(_damage_canvas(r), rng)
         img, mask = degrade_for_damage(canvas, rng, r, r.patch)
         images.append(img)
-        masks.append(mask[:, :, None].astype(np.float32))
-    x = _to_channels(_nchw(images, device), r.in_channels)
-    return x, _nchw(masks, device)
+        masks.append(mask[:, :, None])
+    return _stacked(images), _stacked(masks)
 
 
-def _inpaint_batch(
-    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
+def _inpaint_arrays(data: _Data, r: Recipe, rng: np.random.Generator) -> tuple[Tensor, ...]:
     damaged, masks, targets = [], [], []
     for _ in range(r.batch_size):
         d, m, t = degrade_for_inpaint(data.patch(r.patch, rng), rng)
         damaged.append(d)
-        masks.append(m[:, :, None].astype(np.float32))
+        masks.append(m[:, :, None])
         targets.append(t)
-    x = _to_channels(_nchw(damaged, device), r.in_channels)
-    target = _to_channels(_nchw(targets, device), r.in_channels)
-    return x, _nchw(masks, device), target
+    return _stacked(damaged), _stacked(masks), _stacked(targets)
+
+
+def _colorize_arrays(data: _Data, r: Recipe, rng: np.random.Generator) -> tuple[Tensor, ...]:
+    """(colour patches, their BT.601 grey, maybe faded, on 3 channels), both (N, 3, P, P)."""
+    colours, greys = [], []
+    for _ in range(r.batch_size):
+        for _attempt in range(20):  # nearly grey patches teach nothing; draw again
+            img = data.images[int(rng.integers(len(data.images)))]
+            patch = colour_patch(img, r, rng)
+            if _mean_chroma(patch) >= r.min_chroma:
+                break
+        grey = _quantise(_grey(patch))
+        if rng.random() < r.fade_fraction:
+            grey = fade_grey(grey, rng)
+        colours.append(patch)
+        greys.append(np.repeat(grey, 3, axis=2))
+    return _stacked(colours), _stacked(greys)
+
+
+_BATCH_MAKERS = {
+    "denoise": _denoise_arrays,
+    "upscale": _upscale_arrays,
+    "damage": _damage_arrays,
+    "inpaint": _inpaint_arrays,
+    "colorize": _colorize_arrays,
+}
+
+
+def make_batch(task: str, data: _Data, r: Recipe, rng: np.random.Generator) -> tuple[Tensor, ...]:
+    """One training batch of `task` as CPU tensors, images (N, C, P, P) float32 in [0, 1].
+
+    The CPU-bound part of a step (cropping, degrading, drawing damage), free of the model and
+    the device, so that data workers can run it (see `BatchStream`)."""
+    return _BATCH_MAKERS[task](data, r, rng)
 
 
 def _masked_l1(out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -573,51 +602,110 @@ def _masked_psnr(out: Tensor, target: Tensor, mask: Tensor) -> float:
 def _batch_loss(
     task: str,
     model: nn.Module,
-    data: _Data,
+    batch: Sequence[Tensor],
     r: Recipe,
     rng: np.random.Generator,
+    chroma_loss: ChromaLoss | None,
     device: torch.device,
 ) -> Tensor:
-    """One training batch of `task`, through the model, to its loss."""
+    """A batch of `make_batch` through the model, to its loss."""
+    t = [
+        b.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if b.dim() == 4
+        else b.to(device, non_blocking=True)
+        for b in batch
+    ]
+    c = r.in_channels
     if task == "denoise":
-        x, target, sigma = _denoise_batch(data, r, rng, device)
-        return _loss(r, model(x, sigma), target)
+        noisy, clean, sigma = t
+        return _loss(r, model(_to_channels(noisy, c), sigma), _to_channels(clean, c))
     if task == "damage":
-        x, target = _damage_batch(data, r, rng, device)
-        return _damage_loss(r, model(x), target)
+        x, target = t
+        return _damage_loss(r, model(_to_channels(x, c)), target)
     if task == "inpaint":
-        x, mask, target = _inpaint_batch(data, r, rng, device)
-        return _masked_l1(model(x, mask), target, mask)
+        x, mask, target = t
+        return _masked_l1(model(_to_channels(x, c), mask), _to_channels(target, c), mask)
     if task == "colorize":
-        lightness, ab = _colorize_batch(data, r, rng, device)
-        assert data.chroma_loss is not None
+        colours, greys = t
+        ab = colorize_arch.rgb_to_lab(colours)[:, 1:]
+        lightness = colorize_arch.rgb_to_lab(greys)[:, :1] / 100.0
+        lightness = lightness.contiguous(memory_format=torch.channels_last)
+        assert chroma_loss is not None
         s = r.loss_stride
         oy, ox = (int(v) for v in rng.integers(s, size=2))
         logits = model.tail(model.features(lightness)[..., oy::s, ox::s])
-        return data.chroma_loss(logits, ab[..., oy::s, ox::s])
-    x, target = _upscale_batch(data, r, rng, device)
-    return _loss(r, model(x), target)
+        return chroma_loss(logits, ab[..., oy::s, ox::s])
+    hr = t[-1]
+    lr = t[0] if r.realistic else _bicubic_down(hr, r.scale)
+    return _loss(r, model(_to_channels(lr, c)), _to_channels(hr, c))
 
 
-def _colorize_batch(
-    data: _Data, r: Recipe, rng: np.random.Generator, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """(input L / 100 (N, 1, P, P) of the BT.601 grey, target a*b* (N, 2, P, P) of the colour)."""
-    colours, greys = [], []
-    for _ in range(r.batch_size):
-        for _attempt in range(20):  # nearly grey patches teach nothing; draw again
-            img = data.images[int(rng.integers(len(data.images)))]
-            patch = colour_patch(img, r, rng)
-            if _mean_chroma(patch) >= r.min_chroma:
-                break
-        grey = _quantise(_grey(patch))
-        if rng.random() < r.fade_fraction:
-            grey = fade_grey(grey, rng)
-        colours.append(patch)
-        greys.append(np.repeat(grey, 3, axis=2))
-    ab = colorize_arch.rgb_to_lab(_nchw(colours, device))[:, 1:]
-    lightness = colorize_arch.rgb_to_lab(_nchw(greys, device))[:, :1] / 100.0
-    return lightness.contiguous(memory_format=torch.channels_last), ab
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """Endless `make_batch` batches; each data worker draws from its own generator, seeded
+    from the run's seed, the step this process started at and the worker's number."""
+
+    def __init__(self, task: str, data: _Data, r: Recipe, seed: int, first_step: int) -> None:
+        super().__init__()
+        self.task, self.data, self.r = task, data, r
+        self.seed, self.first_step = seed, first_step
+
+    def __iter__(self):  # noqa: ANN204 - an endless generator of tuples of tensors
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None:
+            cv2.setNumThreads(1)  # one core per worker: the workers are the parallelism
+        rng = np.random.default_rng([self.seed, self.first_step, worker, 0xDA7A])
+        while True:
+            yield make_batch(self.task, self.data, self.r, rng)
+
+
+class BatchStream:
+    """Training batches, made in this process or by `data_workers` processes.
+
+    With no workers the batches come from the run's own generator `rng`, whose state the
+    checkpoint keeps: a resumed run draws exactly the batches an unbroken one would. With
+    workers (for a GPU, which one process cannot feed: drawing damage costs about 10 ms a
+    patch on one core) each worker has its own generator (`_WorkerBatches`) and the batches
+    are taken from the workers in turn, so a run is reproducible for a given worker count and
+    resume point, though not the same batches as without workers.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        data: _Data,
+        r: Recipe,
+        rng: np.random.Generator,
+        seed: int,
+        first_step: int,
+        pin_memory: bool = False,
+    ) -> None:
+        self.task, self.data, self.r, self.rng = task, data, r, rng
+        self._loader_iter = None
+        if r.data_workers > 0:
+            loader = torch.utils.data.DataLoader(
+                _WorkerBatches(task, data, r, seed, first_step),
+                batch_size=None,
+                num_workers=r.data_workers,
+                prefetch_factor=4,
+                pin_memory=pin_memory,
+                # Not fork: a child forked while OpenCV's thread pool is busy can hang in its
+                # first OpenCV call (seen here), and CUDA does not survive a fork either.
+                # Each worker gets the images pickled (about 200 MB for BSDS500).
+                multiprocessing_context="spawn",
+            )
+            self._loader_iter = iter(loader)
+
+    def __next__(self) -> tuple[Tensor, ...]:
+        if self._loader_iter is None:
+            return make_batch(self.task, self.data, self.r, self.rng)
+        return next(self._loader_iter)
+
+    def close(self) -> None:
+        """Stops the workers (they would otherwise live until the stream is collected)."""
+        it, self._loader_iter = self._loader_iter, None
+        if it is not None:
+            it._shutdown_workers()  # what DataLoader's iterator runs when it is collected
 
 
 class ChromaLoss:
@@ -1095,6 +1183,9 @@ def train(
         )
 
     budget_s = minutes * 60.0
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: find the fastest kernels once
+    batches = BatchStream(task, data, r, rng, seed, step, pin_memory=dev.type == "cuda")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(r.threads or os.cpu_count() or 1)
     bar = _Progress(progress, task, budget_s, min(elapsed_s, budget_s))
@@ -1113,7 +1204,7 @@ def train(
                 fraction = max(fraction, step / r.max_steps)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, fraction, step)
-            loss = _batch_loss(task, model, data, r, rng, dev)
+            loss = _batch_loss(task, model, next(batches), r, rng, data.chroma_loss, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -1153,6 +1244,7 @@ def train(
             val_score = validate(model)
         checkpoint()
     finally:
+        batches.close()
         bar.stop()
         torch.set_num_threads(threads_before)
 

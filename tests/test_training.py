@@ -216,6 +216,63 @@ def test_warm_start_copies_matching_tensors(data_dir, tmp_path) -> None:
         )
 
 
+@pytest.mark.parametrize("task", ["denoise", "upscale", "damage", "inpaint", "colorize"])
+def test_a_data_workers_batches_match_the_training_process_batches(data_dir, task) -> None:
+    """What a data worker draws (run here, in-process) has the form of the batches the
+    training process makes itself, and depends on the step a run (re)started at."""
+    from daguerre.models.training import _Data, _WorkerBatches, is_colour, list_images, make_batch
+
+    r = Recipe(batch_size=2, patch=32, realistic=task == "upscale")
+    data = _Data([p for p, _ in list_images([data_dir])], 64)
+    if task == "colorize":  # as `train` does: a colorizer learns from colour photos only
+        data.images = [img for img in data.images if is_colour(img)]
+    here = make_batch(task, data, r, np.random.default_rng(0))
+    started, restarted = (next(iter(_WorkerBatches(task, data, r, 0, s))) for s in (0, 100))
+    assert [(t.shape, t.dtype) for t in started] == [(t.shape, t.dtype) for t in here]
+    assert not torch.equal(started[0], restarted[0])  # a resumed run does not replay batches
+
+
+def test_data_workers_give_the_same_batches_each_time(data_dir) -> None:
+    from daguerre.models.training import BatchStream, _Data, list_images
+
+    r = Recipe(batch_size=2, patch=32, data_workers=2)
+    data = _Data([p for p, _ in list_images([data_dir])], 64)
+
+    def first_three() -> list[tuple[torch.Tensor, ...]]:
+        stream = BatchStream("damage", data, r, np.random.default_rng(0), 0, 0)
+        try:
+            return [next(stream) for _ in range(3)]
+        finally:
+            stream.close()
+
+    a, b = first_three(), first_three()
+    assert all(
+        torch.equal(x, y) for ta, tb in zip(a, b, strict=True) for x, y in zip(ta, tb, strict=True)
+    )
+    assert not torch.equal(a[0][0], a[1][0])  # the two workers draw different patches
+
+
+def test_training_with_data_workers_from_a_bare_checkout(data_dir, tmp_path) -> None:
+    """The GPU path: `infra/train_uninstalled.py` (no install) with spawned data workers
+    trains the very weights an installed run with as many workers does."""
+    import subprocess
+    import sys
+
+    recipe = {**TINY, "max_steps": 20, "data_workers": 1}
+    here = train(
+        "denoise", [data_dir], tmp_path / "a" / "dn.safetensors", 5, progress=False, **recipe
+    )
+    script = Path(__file__).resolve().parents[1] / "infra" / "train_uninstalled.py"
+    args = [sys.executable, str(script), "denoise", str(tmp_path / "b" / "dn.safetensors")]
+    args += ["--data", str(data_dir), "--minutes", "5", "--no-progress"]
+    for key, value in recipe.items():
+        args += ["--set", f"{key}={value}"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["weights_sha256"] == here.weights_sha256
+    assert json.loads(here.card.read_text())["recipe"]["data_workers"] == 1
+
+
 def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     from daguerre.models.training import degrade_for_damage, f1_score
 
