@@ -1124,7 +1124,7 @@ def train(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         model = arch.build(**hp)
-    init_info = _warm_start(model, arch.name, init_from) if init_from is not None else None
+    init_info = _warm_start(model, arch, hp, init_from) if init_from is not None else None
     # colorize: the chroma prior of the training images, once (seconds); kept in the checkpoint
     prior = (
         ab_prior(data.images, model.ab_bins, np.random.default_rng([seed, 1]), sigma=r.ab_sigma)
@@ -1298,18 +1298,28 @@ def train(
     return result
 
 
-def _warm_start(model: nn.Module, arch: str, path: Path) -> dict[str, Any]:
+def _warm_start(
+    model: nn.Module, arch: Architecture, hp: Mapping[str, Any], path: Path
+) -> dict[str, Any]:
     """Copy the tensors of safetensors `path` whose name and shape match `model`'s.
 
     Weights our trainer wrote name their architecture: another architecture is refused (equal
-    names and shapes across architectures would be a coincidence, not a warm start).
+    names and shapes across architectures would be a coincidence, not a warm start). Where the
+    architecture can `grow` a smaller net into `hp` exactly (a deeper denoiser), it does so
+    first, so the larger net starts out computing what the smaller one did.
     """
     from safetensors.torch import load_file
 
     made_by = safetensors_metadata(path).get("daguerre", {}).get("architecture")
-    if made_by is not None and made_by != arch:
-        raise ValueError(f"{path} holds {made_by} weights; cannot warm-start {arch}")
+    if made_by is not None and made_by != arch.name:
+        raise ValueError(f"{path} holds {made_by} weights; cannot warm-start {arch.name}")
     source = load_file(str(path))
+    grown_from = None
+    if arch.grow is not None and arch.detect(source):
+        source_hp = arch.hyperparameters_from_state_dict(source)
+        if any(k in hp and hp[k] != v for k, v in source_hp.items()):
+            grown_from = source_hp
+            source = arch.grow(source, hp)
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -1320,6 +1330,7 @@ def _warm_start(model: nn.Module, arch: str, path: Path) -> dict[str, Any]:
         "sha256": sha256_file(Path(path)),
         "tensors_copied": len(matched),
         "tensors_total": len(own),
+        **({"grown_from": grown_from} if grown_from is not None else {}),
     }
 
 

@@ -273,6 +273,35 @@ def test_training_with_data_workers_from_a_bare_checkout(data_dir, tmp_path) -> 
     assert json.loads(here.card.read_text())["recipe"]["data_workers"] == 1
 
 
+def test_a_deeper_denoiser_warm_starts_exactly_from_a_shallower_one(data_dir, tmp_path) -> None:
+    """`--init` with a shallower denoiser's weights and `layers` set deeper: the new net
+    starts out computing exactly what the trained shallow one does."""
+    from safetensors.torch import load_file
+
+    from daguerre.models.arch import denoise as denoise_arch
+
+    shallow = train(
+        "denoise", [data_dir], tmp_path / "s.safetensors", 5, progress=False, max_steps=10, **TINY
+    )
+    deep = train(
+        "denoise",
+        [data_dir],
+        tmp_path / "d.safetensors",
+        0.0,
+        progress=False,
+        init_from=shallow.weights,
+        **{**TINY, "layers": 8},
+    )
+    info = json.loads(deep.card.read_text())["init_from"]
+    assert info["grown_from"]["layers"] == 4
+    assert info["tensors_copied"] == info["tensors_total"]
+    nets = [denoise_arch.load(load_file(str(r.weights))).eval() for r in (shallow, deep)]
+    assert nets[1].layers == 8
+    x, sigma = torch.rand(1, 3, 16, 20), torch.full((1,), 0.1)
+    with torch.no_grad():
+        assert torch.allclose(nets[0](x, sigma), nets[1](x, sigma), atol=1e-6)
+
+
 def test_damage_training_smoke_and_use(data_dir, tmp_path) -> None:
     from daguerre.models.training import degrade_for_damage, f1_score
 

@@ -32,6 +32,9 @@ class Architecture:
     # Receptive radius in input pixels as a function of the hyperparameters: the context a tile
     # needs on each side for its interior to equal the untiled result.
     receptive_radius: Callable[[Mapping[str, Any]], int]
+    # Warm starts across sizes: the state dict of a net of these (larger) hyperparameters that
+    # computes exactly what the given state dict's net does. None: tensors copied by name only.
+    grow: Callable[[Mapping[str, Tensor], Mapping[str, Any]], dict[str, Tensor]] | None = None
 
     def build(self, **hyperparameters: Any) -> nn.Module:
         """A randomly initialised module with the defaults overridden by `hyperparameters`."""
@@ -54,6 +57,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         multiple_of=lambda hp: 2,
         # Every 3x3 convolution at half resolution widens the field by 2 full-res pixels.
         receptive_radius=lambda hp: 2 * int(hp["layers"]) + 2,
+        grow=denoise.grown,
     ),
     Architecture(
         name=upscale.ARCH_NAME,

@@ -12,6 +12,7 @@ Hyperparameters are read back from state-dict shapes (`hyperparameters_from_stat
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -163,6 +164,19 @@ def deepened(state_dict: Mapping[str, Tensor], layers: int, seed: int = 0) -> di
             else:
                 out[f"blocks.{j}.{name}"] = torch.zeros_like(fresh[f"blocks.{j}.{name}"])
     return out
+
+
+def grown(
+    state_dict: Mapping[str, Tensor], hyperparameters: Mapping[str, Any]
+) -> dict[str, Tensor]:
+    """`state_dict` made `hyperparameters["layers"]` deep by `deepened` when that is deeper
+    (a warm start for `daguerre train --init`); otherwise the tensors as they are."""
+    layers = int(
+        hyperparameters.get("layers", hyperparameters_from_state_dict(state_dict)["layers"])
+    )
+    if layers > hyperparameters_from_state_dict(state_dict)["layers"]:
+        return deepened(state_dict, layers)
+    return dict(state_dict)
 
 
 def load(state_dict: Mapping[str, Tensor]) -> FFDNetLike:
