@@ -10,7 +10,8 @@
 # just under the device tool's 64 MiB. T91 (16 MB) does not fit beside them, so the damage
 # rule is calibrated over T91 back here (see the README, "Training on a lent GPU").
 #
-# Environment: MINUTES (7: the call's 600 s hold start-up, calibration and packing too),
+# Environment: MINUTES (6.5: the call's 600 s hold the throughput bench, start-up,
+# calibration and packing too), BENCH (1; 0 skips bench/bench_throughput.py),
 # DEVICE (cuda), DATA (.train-data), OUT (set by the device tool; runs/gpu otherwise),
 # EXTRA (recipe options appended to every job, e.g. "max_steps=3 batch_size=2" to try the
 # script on a CPU: DEVICE=cpu).
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 SETS=(BSDS500-train BSDS500-test-split)
 DATA=${DATA:-.train-data}
-MINUTES=${MINUTES:-7}
+MINUTES=${MINUTES:-6.5}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-runs/gpu}
 WORK=${WORK:-runs/gpu-work}
@@ -57,6 +58,9 @@ job() {
 run() {
     "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
     rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
+    # Issue 4's GPU throughput of every shipped model, on the idle GPU first (about 30 s).
+    [[ ${BENCH:-1} == 1 ]] && "$PY" bench/bench_throughput.py --device "$DEVICE" \
+        --size "${BENCH_SIZE:-1024}" --out "$OUT/throughput.json"
     local monitor=
     if command -v nvidia-smi >/dev/null; then
         nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 30 >"$WORK/gpu.log" &
