@@ -36,7 +36,15 @@ stage() {
         cp -r "$shared/$set" "$DATA/$set"
     done
     grep -qxF "/$DATA/" .git/info/exclude 2>/dev/null || echo "/$DATA/" >>.git/info/exclude
-    du -sh "$DATA"
+    # What the device call sends: tracked and untracked-not-ignored files, plus the carry.
+    local tree data
+    tree=$(git ls-files -co --exclude-standard -z | xargs -0 cat | wc -c)
+    data=$(du -sb "$DATA" | cut -f1)
+    echo "travels: $(((tree + data) / 1048576)) MiB of at most 64 (checkout $((tree / 1048576)), data $((data / 1048576)))"
+    if ((tree + data > 64 * 1048576)); then
+        echo "too large for one device call: delete untracked files or stale checkpoints" >&2
+        return 1
+    fi
 }
 
 # job NAME TASK WORKERS [ARGS...]: one training in the background, its files in $WORK/NAME.
