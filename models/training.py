@@ -1316,10 +1316,10 @@ def _warm_start(
     source = load_file(str(path))
     grown_from = None
     if arch.grow is not None and arch.detect(source):
-        source_hp = arch.hyperparameters_from_state_dict(source)
-        if any(k in hp and hp[k] != v for k, v in source_hp.items()):
-            grown_from = source_hp
-            source = arch.grow(source, hp)
+        grown = arch.grow(source, hp)
+        if set(grown) != set(source):  # tensors were added: the net was grown
+            grown_from = arch.hyperparameters_from_state_dict(source)
+        source = grown
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matched:
