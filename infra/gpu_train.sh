@@ -74,8 +74,8 @@ run() {
         nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 30 >"$WORK/gpu.log" &
         monitor=$!
     fi
-    # Grey denoiser for one-band masters (Set12): the shipped 12 layers grown to 16.
-    job denoise-grey denoise 2 --init models/weights/daguerre-denoise-grey-s.safetensors \
+    # Grey denoiser for one-band masters (Set12): the shipped 16-layer net, continued.
+    job denoise-grey denoise 2 --init models/weights/daguerre-denoise-grey-m.safetensors \
         --set in_channels=1 --set layers=16 --set grey_fraction=1.0 --set loss=l2 \
         --set batch_size=64 --set lr=0.0003
     # Colour denoiser: the shipped net, L2, grey-replicated patches kept at 25% (real grain).

@@ -177,10 +177,15 @@ def _ours(
 
 
 def _denoiser(
-    model_id: str, in_channels: int, sha256: str, training: Mapping[str, Any]
+    model_id: str,
+    in_channels: int,
+    sha256: str,
+    training: Mapping[str, Any],
+    layers: int = 12,
+    opt_in: bool = False,
 ) -> ModelDescriptor:
-    """A daguerre-ffdnet denoiser (12 convolutions of 64 channels at half resolution, steered by
-    a noise-level map) for `in_channels` (3 colour, 1 grey)."""
+    """A daguerre-ffdnet denoiser (`layers` convolutions of 64 channels at half resolution,
+    steered by a noise-level map) for `in_channels` (3 colour, 1 grey)."""
     return _ours(
         model_id,
         "denoise",
@@ -189,11 +194,12 @@ def _denoiser(
         data=["train/BSDS500-train", "train/BSDS500-test-split", "train/Train400"],
         trained_on="BSDS500 train/test-split and Train400",
         training=training,
-        hyperparameters={"in_channels": in_channels, "channels": 64, "layers": 12},
-        receptive_overlap=26,
+        hyperparameters={"in_channels": in_channels, "channels": 64, "layers": layers},
+        receptive_overlap=2 * layers + 2,  # 2 full-resolution pixels per half-resolution conv
         in_channels=in_channels,
         multiple_of=2,
         takes_noise_level=True,
+        opt_in=opt_in,
     )
 
 
@@ -209,6 +215,24 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
             "minutes": 110.0,
             "metrics": {"val_psnr_sigma25": 30.214, "val_noisy_psnr": 20.331},
         },
+    ),
+    # One-band masters: the -s grey net below grown to 16 layers exactly (`deepened`), then
+    # trained on grey only. Opt-in: better at every sigma given the true noise level, but at
+    # sigma 50 worse than -s on the level detection estimates (BSD68 -0.23 dB, BENCHMARKS.md).
+    _denoiser(
+        "daguerre-denoise-grey-m",
+        1,
+        "e53f07f047140211c11043f16c002d3f3831ad5d747912f3d3f47b70f0c242b1",
+        {
+            "recipe": "warm start: daguerre-denoise-grey-s deepened to 16 layers (identity "
+            "pairs); grey patches only, blind Gaussian sigma 0-55 + Poisson/film grain/JPEG "
+            "mixes, noise-level map, L2, Adam 2e-4 cosine, batch 16 x 64 px, CPU fp32, 1 thread",
+            "steps": 8149,
+            "minutes": 125.0,
+            "metrics": {"val_psnr_sigma25_grey": 28.016, "val_noisy_psnr": 20.304},
+        },
+        layers=16,
+        opt_in=True,
     ),
     # One-band masters (grey TIFF/PNG scans, most of an archive's prints and negatives): the
     # colour net turned into a grey one exactly (`grey_from_colour`), then trained on grey only.
