@@ -13,6 +13,7 @@ Run it from a shell (the lead launches the long runs):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -659,6 +660,15 @@ class _WorkerBatches(torch.utils.data.IterableDataset):
             yield make_batch(self.task, self.data, self.r, rng)
 
 
+def _leave_without_teardown(_worker: int) -> None:
+    """A data worker's `worker_init_fn`: the worker ends with `os._exit`. A spawned process
+    otherwise runs the C++ static destructors at exit, and one aborted there ("terminate
+    called without an active exception") while the trainer stopped its workers."""
+    import atexit
+
+    atexit.register(os._exit, 0)  # registered last, so it runs first
+
+
 class BatchStream:
     """Training batches, made in this process or by `data_workers` processes.
 
@@ -693,6 +703,7 @@ class BatchStream:
                 # first OpenCV call (seen here), and CUDA does not survive a fork either.
                 # Each worker gets the images pickled (about 200 MB for BSDS500).
                 multiprocessing_context="spawn",
+                worker_init_fn=_leave_without_teardown,
             )
             self._loader_iter = iter(loader)
 
@@ -705,7 +716,9 @@ class BatchStream:
         """Stops the workers (they would otherwise live until the stream is collected)."""
         it, self._loader_iter = self._loader_iter, None
         if it is not None:
-            it._shutdown_workers()  # what DataLoader's iterator runs when it is collected
+            # A worker that dies while being stopped owes nothing: its batches are unwanted.
+            with contextlib.suppress(RuntimeError):
+                it._shutdown_workers()  # what DataLoader's iterator runs when it is collected
 
 
 class ChromaLoss:
