@@ -25,15 +25,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _importable() -> None:
-    """Make `daguerre.models` importable from a bare checkout (as infra/train_uninstalled.py)."""
-    sys.path.insert(0, str(ROOT))
-    import daguerre
-
-    if str(ROOT) not in daguerre.__path__:
-        daguerre.__path__.append(str(ROOT))
-
-
 def _inputs(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A smooth, textured colour image (H, W, 3) float32 and a scratch mask (H, W) bool."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -59,7 +50,10 @@ def main() -> None:
     a = parser.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    _importable()
+    # Importing it maps the checkout's models/ to daguerre.models (a bare checkout has no install).
+    sys.path.insert(0, str(ROOT / "infra"))
+    import train_uninstalled  # noqa: F401
+
     from daguerre.models.inference import pick_device
     from daguerre.models.loading import load_model
     from daguerre.models.registry import SHIPPED

@@ -171,9 +171,7 @@ def grown(
 ) -> dict[str, Tensor]:
     """`state_dict` made `hyperparameters["layers"]` deep by `deepened` when that is deeper
     (a warm start for `daguerre train --init`); otherwise the tensors as they are."""
-    layers = int(
-        hyperparameters.get("layers", hyperparameters_from_state_dict(state_dict)["layers"])
-    )
+    layers = int(hyperparameters.get("layers", 0))
     if layers > hyperparameters_from_state_dict(state_dict)["layers"]:
         return deepened(state_dict, layers)
     return dict(state_dict)
