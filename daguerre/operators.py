@@ -21,7 +21,7 @@ import numpy as np
 
 from daguerre import __version__
 from daguerre.imaging import classical
-from daguerre.imaging.detect import analysis_view
+from daguerre.imaging.detect import analysis_view, estimate_noise_sigma
 from daguerre.imaging.masks import threshold_damage
 from daguerre.imaging.tiling import (
     ArraySink,
@@ -440,8 +440,6 @@ def model_requirements(model: Any, tile: int | None = None) -> TileRequirements:
 
 def _noise_estimate(source: RegionSource) -> float:
     """One noise level for the whole image (so every tile uses the same), from its centre."""
-    from daguerre.models.inference import estimate_noise_sigma
-
     side = 2048
     w, h = min(side, source.width), min(side, source.height)
     x, y = (source.width - w) // 2, (source.height - h) // 2

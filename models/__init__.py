@@ -24,7 +24,6 @@ _LAZY = {
     "load_user_model": "loading",
     "parse_model_spec": "loading",
     "sha256_file": "loading",
-    "estimate_noise_sigma": "inference",
     "pick_device": "inference",
     "run_tiled": "inference",
     "TrainResult": "training",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from daguerre.imaging.detect import estimate_noise_sigma
+
 if TYPE_CHECKING:
     from .loading import LoadedModel
 
@@ -76,26 +78,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r} (auto, cpu, cuda)")
     return dev
-
-
-def estimate_noise_sigma(pixels: np.ndarray) -> float:
-    """Gaussian noise level of an image, in 8-bit levels (0-255 scale).
-
-    Median absolute deviation of the finest diagonal Haar wavelet band / 0.6745 (Donoho),
-    averaged over channels: robust to edges and texture, slightly high on very fine texture.
-    `pixels`: (H, W, C) or (H, W) float in [0, 1].
-    """
-    img = np.asarray(pixels, dtype=np.float32)
-    if img.ndim == 2:
-        img = img[..., None]
-    h, w = (img.shape[0] // 2) * 2, (img.shape[1] // 2) * 2
-    if h < 2 or w < 2:
-        return 0.0
-    img = img[:h, :w]
-    # Orthonormal Haar HH band: (a - b - c + d) / 2 keeps the noise std unchanged.
-    hh = (img[0::2, 0::2] - img[0::2, 1::2] - img[1::2, 0::2] + img[1::2, 1::2]) / 2.0
-    sigmas = [np.median(np.abs(hh[..., k])) / 0.6745 for k in range(img.shape[2])]
-    return float(np.mean(sigmas) * 255.0)
 
 
 def run_tiled(

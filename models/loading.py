@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from daguerre.imaging.detect import estimate_noise_sigma
+
 from .arch import Architecture, detect_architecture, get_architecture
-from .inference import estimate_noise_sigma, pick_device, self_ensemble
+from .inference import pick_device, self_ensemble
 from .registry import SHIPPED, TASKS, ModelDescriptor, SizeRequirements, get_descriptor
 
 if TYPE_CHECKING:

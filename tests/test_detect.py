@@ -102,6 +102,16 @@ def test_noise_sigma_on_known_noise(sigma, channels):
     assert estimate_noise_sigma(noisy) == pytest.approx(sigma, rel=0.2)
 
 
+def test_noise_sigma_of_heavy_noise_clipped_to_8_bits():
+    # A dark sky and a bright wall: at sigma 50 a plain wavelet estimate sees truncated noise
+    # near black and white (it read 45 on clipped training photos) and underestimates.
+    rng = np.random.default_rng(3)
+    clean = np.concatenate([0.3 * _smooth() - 0.03, 0.3 * _smooth() + 0.72, _smooth()], axis=1)
+    noisy = np.clip(clean[:, :, None] + rng.normal(0, 50 / 255, (256, 768, 1)), 0, 1)
+    noisy = (np.round(noisy * 255) / 255).astype(np.float32)
+    assert estimate_noise_sigma(noisy) == pytest.approx(50, rel=0.06)
+
+
 def test_noise_sigma_is_on_the_8_bit_scale_for_16_bit_data():
     rng = np.random.default_rng(1)
     noisy = _smooth()[:, :, None] + rng.normal(0, 10 / 255, (256, 256, 1)).astype(np.float32)
