@@ -217,8 +217,8 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
         },
     ),
     # One-band masters: the -s grey net below grown to 16 layers exactly (`deepened`), then
-    # trained on grey only. Opt-in: better at every sigma given the true noise level, but at
-    # sigma 50 worse than -s on the level detection estimates (BSD68 -0.23 dB, BENCHMARKS.md).
+    # trained on grey only. Better than -s at every sigma, given the true or the estimated
+    # noise level (+0.04 to +0.15 dB, BENCHMARKS.md); opt-in for its cost, a third slower.
     _denoiser(
         "daguerre-denoise-grey-m",
         1,
