@@ -169,7 +169,7 @@ def _channel_noise_sigma(channel: np.ndarray) -> float:
         local, ((0, max(0, h - local.shape[0])), (0, max(0, w - local.shape[1]))), mode="edge"
     )[:h, :w]
     sigma = _mad_sigma(diagonal[informative])
-    for _ in range(3):  # the margin depends on sigma: refine twice more
+    for _ in range(3):  # the margin depends on sigma: refine both together
         margin = _CLIP_MARGIN_SIGMAS * sigma
         clear = informative & (local > margin) & (local < 255.0 - margin)
         if np.count_nonzero(clear) < _MIN_COEFFICIENTS:
