@@ -218,18 +218,19 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
     ),
     # One-band masters: the -s grey net below grown to 16 layers exactly (`deepened`), then
     # trained on grey only. Better than -s at every sigma, given the true or the estimated
-    # noise level (+0.04 to +0.15 dB, BENCHMARKS.md); opt-in for its cost, a third slower.
+    # noise level (+0.11 to +0.23 dB, BENCHMARKS.md); opt-in for its cost, a third slower.
     _denoiser(
         "daguerre-denoise-grey-m",
         1,
-        "e53f07f047140211c11043f16c002d3f3831ad5d747912f3d3f47b70f0c242b1",
+        "3ab266bbf01360927ea4854cbf28584342856b4662e2b80b5df4f2576e932c2a",
         {
             "recipe": "warm start: daguerre-denoise-grey-s deepened to 16 layers (identity "
             "pairs); grey patches only, blind Gaussian sigma 0-55 + Poisson/film grain/JPEG "
-            "mixes, noise-level map, L2, Adam 2e-4 cosine, batch 16 x 64 px, CPU fp32, 1 thread",
-            "steps": 8149,
-            "minutes": 125.0,
-            "metrics": {"val_psnr_sigma25_grey": 28.016, "val_noisy_psnr": 20.304},
+            "mixes, noise-level map, L2, batch 16 x 64 px, CPU fp32, 1 thread; 125 minutes at "
+            "Adam 2e-4 cosine, then 105 more from those weights at 1.5e-4 cosine",
+            "steps": 8149 + 10179,
+            "minutes": 125.0 + 105.0,
+            "metrics": {"val_psnr_sigma25_grey": 28.069, "val_noisy_psnr": 20.304},
         },
         layers=16,
         opt_in=True,
