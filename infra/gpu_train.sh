@@ -81,10 +81,10 @@ run() {
     # Colour denoiser: the shipped net, L2, grey-replicated patches kept at 25% (real grain).
     job denoise-colour denoise 2 --init models/weights/daguerre-denoise-s.safetensors \
         --set loss=l2 --set batch_size=64 --set lr=0.0002
-    # Damage detector with two coarser levels (stains, folds), from the shipped weights; 128 px
-    # patches (cut from 256 px canvases) so its 132 px receptive radius sees a stain's
-    # surround.
-    job damage damage 9 --init models/weights/daguerre-damage-s.safetensors \
+    # Damage detector with two coarser levels (stains, folds), continuing session 9's CPU run
+    # of them (the shipped weights plus 105 minutes); 128 px patches (cut from 256 px
+    # canvases) so its 132 px receptive radius sees a stain's surround.
+    job damage damage 9 --init models/checkpoints/daguerre-damage-c2.safetensors \
         --set context_levels=2 --set patch=128 --set batch_size=32 --set lr=0.0004 \
         --set val_patches=40 --set val_patch=128
     local failed=0
