@@ -44,10 +44,11 @@ def main() -> None:
         return float(estimate_sigma(noisy * 255.0, channel_axis=-1, average_sigmas=True))
 
     estimators = {"skimage": skimage_estimate, "daguerre": estimate_noise_sigma}
-    results: dict = {"images": str(TRAIN_SET), "limit": args.limit or None, "rows": []}
+    limit = args.limit or 30
+    results: dict = {"images": str(TRAIN_SET), "limit": limit, "rows": []}
     print(f"{'kind':6} {'sigma':>5}  " + "  ".join(f"{n:>24}" for n in estimators))
     for colour in (False, True):
-        images = load_images(TRAIN_SET, colour, args.limit or 30, (".jpg",))
+        images = load_images(TRAIN_SET, colour, limit, (".jpg",))
         for sigma in (float(s) for s in args.sigmas.split(",")):
             reads: dict[str, list[float]] = {name: [] for name in estimators}
             for index, clean in enumerate(images):
