@@ -21,8 +21,9 @@ import numpy as np
 
 from daguerre import __version__
 from daguerre.imaging import classical
-from daguerre.imaging.detect import analysis_view, estimate_noise_sigma
+from daguerre.imaging.detect import analysis_view
 from daguerre.imaging.masks import threshold_damage
+from daguerre.imaging.noise import estimate_noise_sigma
 from daguerre.imaging.tiling import (
     ArraySink,
     ArraySource,

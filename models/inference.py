@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from daguerre.imaging.detect import estimate_noise_sigma
+from daguerre.imaging.noise import estimate_noise_sigma
 
 if TYPE_CHECKING:
     from .loading import LoadedModel

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from daguerre.imaging.detect import estimate_noise_sigma
+from daguerre.imaging.noise import estimate_noise_sigma
 
 from .arch import Architecture, detect_architecture, get_architecture
 from .inference import pick_device, self_ensemble

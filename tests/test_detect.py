@@ -112,6 +112,19 @@ def test_noise_sigma_of_heavy_noise_clipped_to_8_bits():
     assert estimate_noise_sigma(noisy) == pytest.approx(50, rel=0.06)
 
 
+@pytest.mark.parametrize("shape", [(37, 50), (64, 64), (321, 481)])
+def test_noise_band_is_pywavelets_db2_diagonal(shape):
+    # The estimator computes the band itself (a bare GPU image has no PyWavelets); it must be
+    # the band Donoho's estimate (and scikit-image's estimate_sigma) is defined on.
+    import pywt
+
+    from daguerre.imaging.noise import diagonal_detail
+
+    x = np.random.default_rng(0).random(shape) * 255
+    expected = pywt.dwt2(x, "db2")[1][2]
+    np.testing.assert_allclose(diagonal_detail(x), expected, atol=1e-9)
+
+
 def test_noise_sigma_is_on_the_8_bit_scale_for_16_bit_data():
     rng = np.random.default_rng(1)
     noisy = _smooth()[:, :, None] + rng.normal(0, 10 / 255, (256, 256, 1)).astype(np.float32)

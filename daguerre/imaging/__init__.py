@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "encode_access": "io",
     "encode_mask_png": "io",
     "encode_tiff": "io",
-    "estimate_noise_sigma": "detect",
+    "estimate_noise_sigma": "noise",
     "is_grayscale": "detect",
     "lanczos_upscale": "classical",
     "luminance": "detect",

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-import pywt
 from skimage.color import rgb2lab
 
 from daguerre.imaging.io import ImageInfo
+from daguerre.imaging.noise import estimate_noise_sigma
 
 ColourKind = Literal["grayscale", "monochrome-tinted", "colour"]
 
@@ -129,71 +129,6 @@ def is_grayscale(pixels: np.ndarray) -> bool:
 
 
 # --------------------------------------------------------------------------- noise etc.
-
-
-def _sample_tiles(pixels: np.ndarray, tile: int = 256, grid: int = 3) -> list[np.ndarray]:
-    """Up to grid x grid full-resolution tiles spread over the image (all of it when small).
-
-    Noise must be measured at full resolution: downscaling averages it away.
-    """
-    height, width = pixels.shape[:2]
-    if height <= tile * grid and width <= tile * grid:
-        return [pixels]
-    ys = np.linspace(0, max(height - tile, 0), grid).astype(int)
-    xs = np.linspace(0, max(width - tile, 0), grid).astype(int)
-    return [pixels[y : y + tile, x : x + tile] for y in ys for x in xs]
-
-
-# A wavelet coefficient next to black or white sees clipped, truncated noise (at sigma 50 a
-# dark sky is half zeros, and the plain estimate reads 45): only coefficients whose local
-# mean lies this many sigmas inside the 8-bit range count, once a first estimate says where.
-_CLIP_MARGIN_SIGMAS = 2.0
-_MIN_COEFFICIENTS = 256  # fewer clear of the clipped levels: keep the estimate before
-_GAUSSIAN_MAD = 0.6744897501960817  # MAD of a unit normal (its 75th percentile)
-
-
-def _mad_sigma(coefficients: np.ndarray) -> float:
-    return float(np.median(np.abs(coefficients)) / _GAUSSIAN_MAD)
-
-
-def _channel_noise_sigma(channel: np.ndarray) -> float:
-    """Donoho's MAD estimate on the finest diagonal db2 band of one (H, W) channel in 0-255,
-    from the coefficients clear of clipped levels (see `_CLIP_MARGIN_SIGMAS`)."""
-    diagonal = pywt.dwt2(channel, "db2")[1][2]
-    informative = diagonal != 0  # flat areas (clipped sky, a blank border) say nothing
-    if not informative.any():
-        return 0.0
-    h, w = diagonal.shape
-    local = cv2.blur(channel, (7, 7))[::2, ::2]  # the neighbourhood's level, band-aligned
-    local = np.pad(
-        local, ((0, max(0, h - local.shape[0])), (0, max(0, w - local.shape[1]))), mode="edge"
-    )[:h, :w]
-    sigma = _mad_sigma(diagonal[informative])
-    for _ in range(3):  # the margin depends on sigma: refine both together
-        margin = _CLIP_MARGIN_SIGMAS * sigma
-        clear = informative & (local > margin) & (local < 255.0 - margin)
-        if np.count_nonzero(clear) < _MIN_COEFFICIENTS:
-            break
-        sigma = _mad_sigma(diagonal[clear])
-    return sigma
-
-
-def estimate_noise_sigma(pixels: np.ndarray) -> float:
-    """Gaussian noise standard deviation on the 8-bit scale (0-255), any bit depth.
-
-    Wavelet (MAD) estimate per channel, averaged, on full-resolution tiles; the median over
-    tiles resists tiles of pure texture. Coefficients near black or white are left out, so
-    heavy noise on a clipped 8-bit file is not underestimated.
-    """
-    pixels = _check(pixels)
-    estimates = []
-    for tile in _sample_tiles(pixels):
-        if min(tile.shape[:2]) < 8:
-            continue
-        scaled = np.ascontiguousarray(tile, dtype=np.float32) * np.float32(255.0)
-        sigmas = [_channel_noise_sigma(scaled[:, :, c]) for c in range(scaled.shape[2])]
-        estimates.append(float(np.mean(sigmas)))
-    return float(np.median(estimates)) if estimates else 0.0
 
 
 def sharpness(pixels: np.ndarray) -> float:
