@@ -478,7 +478,7 @@ def test_training_needs_only_cv2_numpy_and_torch() -> None:
     import sys
 
     blocked = ["pyvips", "pydantic", "prefect", "sqlalchemy", "boto3", "spandrel", "tifffile"]
-    blocked += ["pywt", "skimage"]  # the noise estimate and the metrics carry their own
+    blocked += ["pywt", "skimage"]  # the noise estimate computes its own wavelet band
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
