@@ -125,6 +125,16 @@ def test_noise_band_is_pywavelets_db2_diagonal(shape):
     np.testing.assert_allclose(diagonal_detail(x), expected, atol=1e-9)
 
 
+def test_noise_sigma_ignores_a_flat_border():
+    # A flat grey margin (padding around a scan) gives tiny, not zero, wavelet coefficients in
+    # floating point: counted, they would pull the median towards zero.
+    rng = np.random.default_rng(4)
+    noisy = _smooth()[:, :, None] + rng.normal(0, 10 / 255, (256, 256, 1)).astype(np.float32)
+    framed = np.full((256, 768, 1), 0.5, np.float32)
+    framed[:, 512:] = np.clip(noisy, 0, 1)
+    assert estimate_noise_sigma(framed) == pytest.approx(10, rel=0.1)
+
+
 def test_noise_sigma_is_on_the_8_bit_scale_for_16_bit_data():
     rng = np.random.default_rng(1)
     noisy = _smooth()[:, :, None] + rng.normal(0, 10 / 255, (256, 256, 1)).astype(np.float32)

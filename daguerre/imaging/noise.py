@@ -20,6 +20,7 @@ _DB2_HIGH = np.array(
 _CLIP_MARGIN_SIGMAS = 2.0
 _MIN_COEFFICIENTS = 256  # fewer clear of the clipped levels: keep the estimate before
 _GAUSSIAN_MAD = 0.6744897501960817  # MAD of a unit normal (its 75th percentile)
+_NUMERICAL_ZERO = 1e-3  # 8-bit levels
 _LOCAL_SIDE = 7  # the box whose mean says how close to black or white a coefficient lies
 
 
@@ -56,7 +57,9 @@ def channel_noise_sigma(channel: np.ndarray) -> float:
     """Donoho's MAD estimate on the finest diagonal db2 band of one (H, W) channel in 0-255,
     from the coefficients clear of clipped levels (see `_CLIP_MARGIN_SIGMAS`)."""
     diagonal = diagonal_detail(channel)
-    informative = diagonal != 0  # flat areas (clipped sky, a blank border) say nothing
+    # Flat or linear areas (a clipped sky, a blank border) say nothing; in floating point
+    # their coefficients are not exactly zero, only tiny (far below one 8-bit level).
+    informative = np.abs(diagonal) > _NUMERICAL_ZERO
     if not informative.any():
         return 0.0
     local = _local_level(channel, diagonal.shape)
