@@ -20,7 +20,7 @@ _DB2_HIGH = np.array(
 _CLIP_MARGIN_SIGMAS = 2.0
 _MIN_COEFFICIENTS = 256  # fewer clear of the clipped levels: keep the estimate before
 _GAUSSIAN_MAD = 0.6744897501960817  # MAD of a unit normal (its 75th percentile)
-_NUMERICAL_ZERO = 1e-3  # 8-bit levels
+_NUMERICAL_ZERO = 1e-9  # 8-bit levels: float64 rounding of an exact zero is ~1e-14
 _LOCAL_SIDE = 7  # the box whose mean says how close to black or white a coefficient lies
 
 
@@ -58,7 +58,8 @@ def channel_noise_sigma(channel: np.ndarray) -> float:
     from the coefficients clear of clipped levels (see `_CLIP_MARGIN_SIGMAS`)."""
     diagonal = diagonal_detail(channel)
     # Flat or linear areas (a clipped sky, a blank border) say nothing; in floating point
-    # their coefficients are not exactly zero, only tiny (far below one 8-bit level).
+    # their coefficients come out tiny (about 1e-14), not zero. Smooth but curved areas of a
+    # clean image give small real coefficients: those count (evidence of no noise).
     informative = np.abs(diagonal) > _NUMERICAL_ZERO
     if not informative.any():
         return 0.0
