@@ -27,11 +27,11 @@ from daguerre.imaging.detect import (
     contrast,
     damage_mask,
     detect_faces,
-    estimate_noise_sigma,
     sharpness,
 )
 from daguerre.imaging.embed import embed_jpeg, embed_webp
 from daguerre.imaging.io import ImageDecodeError, ImageInfo
+from daguerre.imaging.noise import sampled_noise_sigma
 from daguerre.imaging.tiffexif import IMAGE_DESCRIPTION, SOFTWARE, update_first_ifd
 from daguerre.imaging.tiling import RegionSource, Tile, TileRequirements, TileStats, apply_tiled
 
@@ -320,22 +320,6 @@ class TiffSink:
 # --------------------------------------------------------------------------- detection
 
 
-def _noise_sigma(source: RegionSource, tile: int = 256, grid: int = 3) -> float:
-    """detect.estimate_noise_sigma on full-resolution samples read by region (same samples)."""
-    height, width = source.height, source.width
-    if height <= tile * grid and width <= tile * grid:
-        return estimate_noise_sigma(source.read_region(0, 0, width, height))
-    ys = np.linspace(0, max(height - tile, 0), grid).astype(int)
-    xs = np.linspace(0, max(width - tile, 0), grid).astype(int)
-    estimates = []
-    for y in ys:
-        for x in xs:
-            w, h = min(tile, width - int(x)), min(tile, height - int(y))
-            if min(w, h) >= 8:
-                estimates.append(estimate_noise_sigma(source.read_region(int(x), int(y), w, h)))
-    return float(np.median(estimates)) if estimates else 0.0
-
-
 def _mask_tile(pixels: np.ndarray, tile: Tile) -> np.ndarray:
     return damage_mask(pixels)
 
@@ -388,7 +372,7 @@ def detect_source(
         colour_kind=colour.kind,
         mean_chroma=colour.mean_chroma,
         hue_deg=colour.hue_deg,
-        noise_sigma=_noise_sigma(source),
+        noise_sigma=sampled_noise_sigma(source.read_region, source.height, source.width),
         sharpness=sharpness(view),
         contrast=contrast(view),
         width=source.width,

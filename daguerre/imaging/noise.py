@@ -7,6 +7,8 @@ training and the models can import it. Pixels follow the imaging convention: flo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -74,36 +76,58 @@ def channel_noise_sigma(channel: np.ndarray) -> float:
     return sigma
 
 
-def _sample_tiles(pixels: np.ndarray, tile: int = 256, grid: int = 3) -> list[np.ndarray]:
-    """Up to grid x grid full-resolution tiles spread over the image (all of it when small).
-
-    Noise must be measured at full resolution: downscaling averages it away.
-    """
-    height, width = pixels.shape[:2]
+def _sample_windows(
+    height: int, width: int, tile: int = 256, grid: int = 3
+) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) of up to grid x grid full-resolution windows spread over an image (the
+    whole image when small). Noise must be measured at full resolution: downscaling averages
+    it away."""
     if height <= tile * grid and width <= tile * grid:
-        return [pixels]
+        return [(0, 0, width, height)]
     ys = np.linspace(0, max(height - tile, 0), grid).astype(int)
     xs = np.linspace(0, max(width - tile, 0), grid).astype(int)
-    return [pixels[y : y + tile, x : x + tile] for y in ys for x in xs]
+    return [
+        (int(x), int(y), min(tile, width - int(x)), min(tile, height - int(y)))
+        for y in ys
+        for x in xs
+    ]
 
 
-def estimate_noise_sigma(pixels: np.ndarray) -> float:
-    """Gaussian noise standard deviation on the 8-bit scale (0-255), any bit depth.
-
-    Wavelet (MAD) estimate per channel, averaged, on full-resolution tiles; the median over
-    tiles resists tiles of pure texture. Coefficients near black or white are left out, so
-    heavy noise on a clipped 8-bit file is not underestimated. `pixels`: (H, W) or (H, W, C).
-    """
+def _as_hwc(pixels: np.ndarray) -> np.ndarray:
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ValueError(f"pixels must be (H, W, 1) or (H, W, 3), got {pixels.shape}")
+    return pixels
+
+
+def sampled_noise_sigma(
+    read: Callable[[int, int, int, int], np.ndarray], height: int, width: int
+) -> float:
+    """`estimate_noise_sigma` of an image known by its size and a `read(x, y, w, h)` of its
+    pixels (a huge scan's region reader): only the sampled windows are read."""
     estimates = []
-    for tile in _sample_tiles(pixels):
-        if min(tile.shape[:2]) < 8:
+    for x, y, w, h in _sample_windows(height, width):
+        if min(w, h) < 8:
             continue
-        scaled = np.ascontiguousarray(tile, dtype=np.float32) * np.float32(255.0)
+        window = _as_hwc(read(x, y, w, h))
+        scaled = np.ascontiguousarray(window, dtype=np.float32) * np.float32(255.0)
         sigmas = [channel_noise_sigma(scaled[:, :, c]) for c in range(scaled.shape[2])]
         estimates.append(float(np.mean(sigmas)))
     return float(np.median(estimates)) if estimates else 0.0
+
+
+def estimate_noise_sigma(pixels: np.ndarray) -> float:
+    """Gaussian noise standard deviation on the 8-bit scale (0-255), any bit depth.
+
+    Wavelet (MAD) estimate per channel, averaged, on full-resolution windows; the median over
+    windows resists windows of pure texture. Coefficients near black or white are left out, so
+    heavy noise on a clipped 8-bit file is not underestimated. `pixels`: (H, W) or (H, W, C).
+    """
+    pixels = _as_hwc(pixels)
+
+    def read(x: int, y: int, w: int, h: int) -> np.ndarray:
+        return pixels[y : y + h, x : x + w]
+
+    return sampled_noise_sigma(read, *pixels.shape[:2])
