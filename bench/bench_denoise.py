@@ -15,8 +15,9 @@ detection estimates (blind, as the pipeline runs it). With --grey-weights, grey 
 that model, as the pipeline sends one-band masters to a shipped grey model; the colour model's
 scores on them are kept beside ("colour_model"). With --ensemble N, the same model averaged over
 N flips/turns (`--ensemble` of the pipeline) is scored and timed beside ("model_xN"). With
---grey-baseline, another grey model is scored and timed on the same grey images beside
-("grey_baseline", "grey_baseline_xN"): a new grey model against the shipped one. BM3D is
+--grey-baseline (--colour-baseline), another grey (colour) model is scored and timed on the same
+grey (colour) images beside ("grey_baseline", "grey_baseline_xN"; "colour_baseline", ...): a new
+model against the shipped one. BM3D is
 slow (about 12 s per image here), so it runs on the first N images of each set; the other
 methods are also reported on that subset.
 """
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--grey-weights", type=Path, default=None)
     parser.add_argument("--grey-baseline", type=Path, default=None)
+    parser.add_argument("--colour-baseline", type=Path, default=None)
     parser.add_argument("--sets", default="BSD68,Set12,CBSD68")
     parser.add_argument("--sigmas", default="15,25,50")
     parser.add_argument("--bm3d-images", type=int, default=5)
@@ -79,9 +81,15 @@ def main() -> None:
     grey = None
     if args.grey_weights is not None:
         grey = load_user_model("denoise", str(args.grey_weights), device="cpu")
-    baseline = None
-    if args.grey_baseline is not None:
-        baseline = load_user_model("denoise", str(args.grey_baseline), device="cpu")
+    # Other models scored beside on the images of their kind (channels): new against shipped.
+    baselines = {
+        channels: (f"{kind}_baseline", load_user_model("denoise", str(path), device="cpu"))
+        for channels, kind, path in (
+            (1, "grey", args.grey_baseline),
+            (3, "colour", args.colour_baseline),
+        )
+        if path is not None
+    }
     try:
         import bm3d
     except ImportError:  # the `bench` extra
@@ -91,16 +99,14 @@ def main() -> None:
         "weights_sha256": colour.weights_sha256,
         "model_id": colour.model_id,
         "grey_weights_sha256": grey.weights_sha256 if grey is not None else None,
-        "grey_baseline_sha256": baseline.weights_sha256 if baseline is not None else None,
+        **{f"{key}_sha256": net.weights_sha256 for key, net in baselines.values()},
         "sets": {},
     }
     ensembled = f"model_x{args.ensemble}"
-    base_ensembled = f"grey_baseline_x{args.ensemble}"
-    timed = ["model", "nlm", "bm3d"]
-    if baseline is not None:
-        timed.append("grey_baseline")
+    base_keys = [key for key, _ in baselines.values()]
+    timed = ["model", "nlm", "bm3d", *base_keys]
     if args.ensemble > 1:
-        timed += [ensembled] + ([base_ensembled] if baseline is not None else [])
+        timed += [ensembled, *(f"{key}_x{args.ensemble}" for key in base_keys)]
     speeds = Speeds(tuple(timed))
     for set_name in args.sets.split(","):
         images = load_test_set(set_name, args.limit, SUFFIXES, skip_unreadable=True)
@@ -113,8 +119,8 @@ def main() -> None:
                     "model_blind",
                     ensembled,
                     "colour_model",
-                    "grey_baseline",
-                    base_ensembled,
+                    *base_keys,
+                    *(f"{key}_x{args.ensemble}" for key in base_keys),
                     "nlm",
                     "nlm_sub",
                     "model_sub",
@@ -131,8 +137,9 @@ def main() -> None:
                         psnr_uint8(clean, colour.run(noisy, noise_sigma=sigma))
                     )
                 nets = [(model, "model", ensembled)]
-                if baseline is not None and clean.shape[2] == 1:
-                    nets.append((baseline, "grey_baseline", base_ensembled))
+                if clean.shape[2] in baselines:
+                    key, net = baselines[clean.shape[2]]
+                    nets.append((net, key, f"{key}_x{args.ensemble}"))
                 for net, key, key_ensembled in nets:  # once, and averaged with --ensemble
                     for passes, label in ((1, key), (args.ensemble, key_ensembled)):
                         if label == key or passes > 1:
