@@ -78,9 +78,10 @@ run() {
     job denoise-grey denoise 2 --init models/weights/daguerre-denoise-grey-m.safetensors \
         --set in_channels=1 --set layers=16 --set grey_fraction=1.0 --set loss=l2 \
         --set batch_size=64 --set lr=0.0003
-    # Colour denoiser: the shipped net, L2, grey-replicated patches kept at 25% (real grain).
-    job denoise-colour denoise 2 --init models/weights/daguerre-denoise-s.safetensors \
-        --set loss=l2 --set batch_size=64 --set lr=0.0002
+    # Colour denoiser: the shipped 16-layer net, continued; L2, grey-replicated patches kept
+    # at 25% (real grain).
+    job denoise-colour denoise 2 --init models/weights/daguerre-denoise-m.safetensors \
+        --set layers=16 --set loss=l2 --set batch_size=64 --set lr=0.0002
     # Damage detector with two coarser levels (stains, folds), continuing session 9's CPU run
     # of them (the shipped weights plus 105 minutes); 128 px patches (cut from 256 px
     # canvases) so its 132 px receptive radius sees a stain's surround.

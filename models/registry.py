@@ -216,6 +216,23 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
             "metrics": {"val_psnr_sigma25": 30.214, "val_noisy_psnr": 20.331},
         },
     ),
+    # Colour masters, the archival option: -s grown to 16 layers exactly (`deepened`), then
+    # trained on with L2. Opt-in for its cost, a third slower (BENCHMARKS.md, session 10).
+    _denoiser(
+        "daguerre-denoise-m",
+        3,
+        "d28ec2b31ab4cbe89e4ee44bf7742abfa9fa57a03ebff94163ba9156ca14393b",
+        {
+            "recipe": "warm start: daguerre-denoise-s deepened to 16 layers (identity pairs); "
+            "blind Gaussian sigma 0-55 + Poisson/film grain/JPEG mixes, 25% grey replicated, "
+            "noise-level map, L2, Adam 2e-4 cosine, batch 16 x 64 px, CPU fp32, 1 thread",
+            "steps": 13066,
+            "minutes": 125.0,
+            "metrics": {"val_psnr_sigma25": 30.319, "val_noisy_psnr": 20.331},
+        },
+        layers=16,
+        opt_in=True,
+    ),
     # One-band masters: the -s grey net below grown to 16 layers exactly (`deepened`), then
     # trained on grey only. Better than -s at every sigma, given the true or the estimated
     # noise level (+0.11 to +0.23 dB, BENCHMARKS.md); opt-in for its cost, a third slower.
