@@ -204,20 +204,9 @@ def _denoiser(
 
 
 DENOISERS: tuple[ModelDescriptor, ...] = (
-    _denoiser(
-        "daguerre-denoise-s",
-        3,
-        "ee117496773d9d826c556c62768181f10bdfc8c51b670fc62a0433742b338201",
-        {
-            "recipe": "blind Gaussian sigma 0-55 + Poisson/film grain/JPEG mixes, 25% grey "
-            "replicated, noise-level map, L1, Adam 5e-4 cosine, batch 16 x 64 px, CPU fp32",
-            "steps": 24616,
-            "minutes": 110.0,
-            "metrics": {"val_psnr_sigma25": 30.214, "val_noisy_psnr": 20.331},
-        },
-    ),
-    # Colour masters, the archival option: -s grown to 16 layers exactly (`deepened`), then
-    # trained on with L2. Opt-in for its cost, a third slower (BENCHMARKS.md, session 10).
+    # Colour masters (the default): -s below grown to 16 layers exactly (`deepened`), then
+    # trained on with L2. Better than -s at every sigma; a third slower, still faster than
+    # non-local means on colour images (BENCHMARKS.md, session 10).
     _denoiser(
         "daguerre-denoise-m",
         3,
@@ -231,6 +220,19 @@ DENOISERS: tuple[ModelDescriptor, ...] = (
             "metrics": {"val_psnr_sigma25": 30.319, "val_noisy_psnr": 20.331},
         },
         layers=16,
+    ),
+    # The first colour default (12 layers): opt-in now, for speed; the grey nets grew from it.
+    _denoiser(
+        "daguerre-denoise-s",
+        3,
+        "ee117496773d9d826c556c62768181f10bdfc8c51b670fc62a0433742b338201",
+        {
+            "recipe": "blind Gaussian sigma 0-55 + Poisson/film grain/JPEG mixes, 25% grey "
+            "replicated, noise-level map, L1, Adam 5e-4 cosine, batch 16 x 64 px, CPU fp32",
+            "steps": 24616,
+            "minutes": 110.0,
+            "metrics": {"val_psnr_sigma25": 30.214, "val_noisy_psnr": 20.331},
+        },
         opt_in=True,
     ),
     # One-band masters: the -s grey net below grown to 16 layers exactly (`deepened`), then
