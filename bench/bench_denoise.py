@@ -17,9 +17,8 @@ scores on them are kept beside ("colour_model"). With --ensemble N, the same mod
 N flips/turns (`--ensemble` of the pipeline) is scored and timed beside ("model_xN"). With
 --grey-baseline (--colour-baseline), another grey (colour) model is scored and timed on the same
 grey (colour) images beside ("grey_baseline", "grey_baseline_xN"; "colour_baseline", ...): a new
-model against the shipped one. BM3D is
-slow (about 12 s per image here), so it runs on the first N images of each set; the other
-methods are also reported on that subset.
+model against the shipped one. BM3D is slow (about 12 s per image here), so it runs on the first
+N images of each set; the other methods are also reported on that subset.
 """
 
 from __future__ import annotations
