@@ -74,7 +74,6 @@ def by_band(values: np.ndarray, scale: float = 1.0, digits: int = 3) -> dict[str
 class Counts:
     def __init__(self) -> None:
         self.tp = self.fp = self.fn = 0
-        self.band_truth = np.zeros(len(CONTRAST_BANDS), np.int64)
         self.band_found = np.zeros(len(CONTRAST_BANDS), np.int64)
 
     def add(self, pred: np.ndarray, truth: np.ndarray, delta: np.ndarray | None = None) -> None:
@@ -82,10 +81,10 @@ class Counts:
         self.fp += int((pred & ~truth).sum())
         self.fn += int((~pred & truth).sum())
         if delta is not None:
-            self.band_truth += pixels_by_contrast(truth, delta)
             self.band_found += pixels_by_contrast(truth & pred, delta)
 
-    def summary(self) -> dict:
+    def summary(self, band_truth: np.ndarray) -> dict:
+        """P / R / F1, and recall per contrast band given the damaged pixels per band."""
         p = self.tp / max(1, self.tp + self.fp)
         r = self.tp / max(1, self.tp + self.fn)
         out: dict = {
@@ -93,8 +92,8 @@ class Counts:
             "recall": round(r, 3),
             "f1": round(2 * p * r / max(1e-9, p + r), 3),
         }
-        if self.band_truth.any():
-            out["recall_by_contrast"] = by_band(self.band_found / np.maximum(1, self.band_truth))
+        if band_truth.any():
+            out["recall_by_contrast"] = by_band(self.band_found / np.maximum(1, band_truth))
         return out
 
 
@@ -142,6 +141,7 @@ def main() -> None:
         counts = {(r, d): Counts() for r in recipes for d in detectors}
         marked = {(k, d): [0, 0] for k in ("clean", "aged") for d in detectors}
         truth_share = {r: [0, 0] for r in recipes}
+        truth_by_contrast = {r: np.zeros(len(CONTRAST_BANDS), np.int64) for r in recipes}
         for index, clean in enumerate(images):
             cases = {}
             for r_index, (recipe, cfg) in enumerate(recipes.items()):
@@ -150,6 +150,10 @@ def main() -> None:
                 cases[recipe] = (quantise(out.image), out.damage_mask, out.damage_delta)
                 truth_share[recipe][0] += int(out.damage_mask.sum())
                 truth_share[recipe][1] += out.damage_mask.size
+                if out.damage_delta is not None:
+                    truth_by_contrast[recipe] += pixels_by_contrast(
+                        out.damage_mask, out.damage_delta
+                    )
             aged = quantise(
                 dg.degrade(clean, np.random.default_rng([index, 9]), dg.undamaged_config()).image
             )
@@ -166,12 +170,12 @@ def main() -> None:
         for recipe in recipes:
             share = truth_share[recipe][0] / max(1, truth_share[recipe][1])
             summary[recipe] = {"damaged_pixels_pct": round(100 * share, 2)}
-            bands = counts[(recipe, "classical")].band_truth  # the same for every detector
+            bands = truth_by_contrast[recipe]
             summary[recipe]["damaged_pixels_by_contrast_pct"] = by_band(
                 bands, 100 / max(1, bands.sum()), 1
             )
             for label in detectors:
-                summary[recipe][label] = counts[(recipe, label)].summary()
+                summary[recipe][label] = counts[(recipe, label)].summary(bands)
         for kind in ("clean", "aged"):
             summary[f"marked_pct_{kind}"] = {
                 label: round(100 * marked[(kind, label)][0] / max(1, marked[(kind, label)][1]), 3)
