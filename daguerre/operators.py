@@ -838,6 +838,8 @@ def _make_operator(stage: str, user_spec: str | None, device: str) -> Any:
         if stage == "face":
             return FaceRestore(model)
         user_op = LearnedOperator(stage, model)
+        if stage == "denoise" and model.in_channels == 1:
+            return _grey_denoiser_beside_colour(user_op, device)
         if stage != "upscale":
             return user_op
     if stage == "upscale":
@@ -854,6 +856,19 @@ def _make_operator(stage: str, user_spec: str | None, device: str) -> Any:
         return op
     cls = CLASSICAL.get(stage)
     return cls() if cls is not None else None
+
+
+def _grey_denoiser_beside_colour(grey: LearnedOperator, device: str) -> Operator:
+    """A one-band denoiser the user named serves grey images; colour ones keep the shipped
+    colour model (a grey net run band by band would ignore their colour noise), or the grey
+    net band by band where no colour model ships."""
+    from daguerre.models.loading import load_model
+    from daguerre.models.registry import default_for
+
+    colour = default_for("denoise", in_channels=3)
+    if colour is None:
+        return grey
+    return denoise_choice(LearnedOperator("denoise", load_model(colour, device=device)), grey)
 
 
 def _upscale_operator(

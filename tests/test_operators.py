@@ -187,3 +187,19 @@ def test_replaced_user_weights_are_reloaded(tmp_path) -> None:
     ]  # the old model was dropped
     pinned = f"{weights}#sha256={second.weights_sha256}"
     assert operators._weights_version(pinned) is None  # pinned content cannot change
+
+
+def test_a_named_grey_denoiser_serves_grey_images_and_the_colour_default_the_rest() -> None:
+    from daguerre.operators import LearnedOperator, OperatorChoice, operator_for
+
+    grey_m = resolve_operators(("denoise",), {"denoise": "daguerre-denoise-grey-m"}, "cpu")
+    choice = grey_m["denoise"]
+    assert isinstance(choice, OperatorChoice)
+    grey, colour = operator_for(choice, {"bands": 1}), operator_for(choice, {"bands": 3})
+    assert isinstance(grey, LearnedOperator) and isinstance(colour, LearnedOperator)
+    assert grey.model.in_channels == 1 and colour.model.in_channels == 3
+    assert identity(choice).startswith("bands1=daguerre-denoise-grey-m@")
+    assert ";else=daguerre-denoise-m@" in identity(choice)
+    # A colour net named with --model still serves every image.
+    named = resolve_operators(("denoise",), {"denoise": "daguerre-denoise-s"}, "cpu")
+    assert isinstance(named["denoise"], LearnedOperator)
