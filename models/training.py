@@ -98,6 +98,11 @@ class Recipe:
     clean_fraction: float = 0.25
     dice_weight: float = 0.5
     pos_weight: float = 1.0  # BCE weight of damaged pixels (they are rare)
+    # BCE averaged over this share of each batch's pixels, the hardest (online hard example
+    # mining); 1 averages over all. The decision threshold sits where the most confident false
+    # marks on undamaged photos are, so those few pixels, and the damage the model is least
+    # sure of, are what the loss should weigh, not the easy background.
+    hard_fraction: float = 1.0
     # A pixel is a damage target when the damage changed it by more than this (the degradation
     # module's mask threshold, VISIBLE_DELTA, is 0.03: faint edges that grain and JPEG bury).
     damage_min_delta: float = 0.03
@@ -741,7 +746,14 @@ class ChromaLoss:
 def _damage_loss(r: Recipe, logits: Tensor, target: Tensor) -> Tensor:
     """BCE plus soft dice: BCE alone drifts to "no damage" because damage is rare."""
     weight = torch.tensor(r.pos_weight, device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    if r.hard_fraction >= 1.0:
+        bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    else:
+        per_pixel = F.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=weight, reduction="none"
+        ).flatten()
+        keep = max(1, round(r.hard_fraction * per_pixel.numel()))
+        bce = per_pixel.topk(keep, sorted=False).values.mean()
     p = torch.sigmoid(logits)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
     return bce + r.dice_weight * dice
@@ -1097,6 +1109,8 @@ def train(
         rebalancing_weights(torch.full((2,), 0.5), r.rebalance)
         if r.loss_stride < 1:
             raise ValueError("loss_stride must be at least 1")
+    if not 0.0 < r.hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in (0, 1], got {r.hard_fraction}")
     dirs = check_data_dirs(data_dirs)
     calibration_files: list[Path] = []
     if calibration_dirs:

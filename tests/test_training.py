@@ -498,3 +498,18 @@ def test_lowest_threshold_keeps_the_surest_regions_within_the_allowance() -> Non
     assert _lowest_threshold(peaks, sizes, 4, floor=0.6) == 0.9375
     assert _lowest_threshold(peaks, sizes, 1000, floor=0.6) == 0.6
     assert _lowest_threshold(np.array([0.99995]), np.array([9]), 4, floor=0.6) == float("inf")
+
+
+def test_damage_loss_with_hard_fraction_weighs_the_hardest_pixels() -> None:
+    from daguerre.models.training import Recipe, _damage_loss, train
+
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 0, 0] = 1.0
+    logits = torch.full((1, 1, 4, 4), -6.0)  # confident "clean" everywhere: one miss
+    plain = _damage_loss(Recipe(dice_weight=0.0), logits, target)
+    hard = _damage_loss(Recipe(dice_weight=0.0, hard_fraction=1 / 16), logits, target)
+    # The mean over all 16 pixels dilutes the missed one; the hardest 1/16 is that pixel alone.
+    assert hard.item() > 10 * plain.item()
+    assert hard.item() == pytest.approx(6.0, abs=0.01)
+    with pytest.raises(ValueError, match="hard_fraction"):
+        train("damage", [], Path("x.safetensors"), 0.0, hard_fraction=0.0)
