@@ -82,12 +82,12 @@ run() {
     # at 25% (real grain).
     job denoise-colour denoise 2 --init models/weights/daguerre-denoise-m.safetensors \
         --set layers=16 --set loss=l2 --set batch_size=64 --set lr=0.0002
-    # Damage detector with two coarser levels (stains, folds), continuing session 9's CPU run
-    # of them (the shipped weights plus 105 minutes); 128 px patches (cut from 256 px
-    # canvases) so its 132 px receptive radius sees a stain's surround.
-    job damage damage 9 --init models/checkpoints/daguerre-damage-c2.safetensors \
+    # Damage detector with two coarser levels (stains, folds), continuing the CPU runs of them
+    # (session 9's c2, then session 11's 100 minutes with hard-pixel BCE); 128 px patches (cut
+    # from 256 px canvases) so its 132 px receptive radius sees a stain's surround.
+    job damage damage 9 --init models/checkpoints/daguerre-damage-c3h.safetensors \
         --set context_levels=2 --set patch=128 --set batch_size=32 --set lr=0.0004 \
-        --set val_patches=40 --set val_patch=128
+        --set val_patches=40 --set val_patch=128 --set hard_fraction=0.1
     local failed=0
     for pid in "${PIDS[@]}"; do wait "$pid" || failed=1; done
     [[ -n $monitor ]] && kill "$monitor" && cp "$WORK/gpu.log" "$OUT/"
